@@ -1,0 +1,260 @@
+"""Plain-PyTorch reference implementations of every ``dsfd`` kernel.
+
+These define the semantics the C++/CUDA kernels must reproduce; tests compare
+the two on random inputs and edge cases. They are written for clarity, not
+speed (the ``match_anchors`` reference builds the full ``[B, G, A]`` IoU
+tensor, ``batched_nms`` loops over images in Python).
+
+Conventions: boxes are ``x1, y1, x2, y2``; anchors are ``cx, cy, w, h``.
+Arithmetic is float32 (half inputs are upcast), results are returned in the
+input dtype where the kernel does so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "box_iou",
+    "encode_boxes",
+    "decode_boxes",
+    "nms",
+    "batched_nms",
+    "match_anchors",
+    "hard_negative_mask",
+    "upsample_mul",
+    "box_voting",
+    "anchors_to_corners",
+]
+
+
+def _acc(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def anchors_to_corners(anchors: Tensor) -> Tensor:
+    """``[..., 4]`` ``cx, cy, w, h`` -> ``x1, y1, x2, y2``."""
+    return torch.cat([anchors[..., :2] - anchors[..., 2:] / 2, anchors[..., :2] + anchors[..., 2:] / 2], -1)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of corner boxes: ``[N,4] x [M,4] -> [N,M]`` or ``[B,N,4] x [B,M,4] -> [B,N,M]``.
+
+    Degenerate (zero-area or inverted) boxes have area ``0`` for the
+    intersection but their (possibly negative) area enters the union exactly as
+    in ``torchvision.ops.box_iou``.
+    """
+    a, b = _acc(boxes1), _acc(boxes2)
+    area1 = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area2 = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    iou = inter / (area1[..., :, None] + area2[..., None, :] - inter)
+    return iou.to(boxes1.dtype)
+
+
+def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+    """SSD encoding of corner boxes ``gt`` against ``cx,cy,w,h`` anchors (broadcasting)."""
+    g, a = _acc(gt), _acc(anchors)
+    g_c = (g[..., :2] + g[..., 2:]) / 2
+    g_wh = g[..., 2:] - g[..., :2]
+    t_xy = (g_c - a[..., :2]) / (variances[0] * a[..., 2:])
+    t_wh = torch.log(g_wh / a[..., 2:]) / variances[1]
+    return torch.cat([t_xy, t_wh], -1).to(gt.dtype)
+
+
+def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+    """Inverse of :func:`encode_boxes`: ``deltas[..., A, 4]`` and ``anchors[A, 4]`` -> corner boxes."""
+    d, a = _acc(deltas), _acc(anchors)
+    c = a[..., :2] + d[..., :2] * variances[0] * a[..., 2:]
+    wh = a[..., 2:] * torch.exp(d[..., 2:] * variances[1])
+    return torch.cat([c - wh / 2, c + wh / 2], -1).to(deltas.dtype)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS, torchvision's contract: indices of kept boxes, decreasing score.
+
+    Ties in score are broken by the lower index first (stable sort).
+    A box is suppressed by a kept box when their IoU is ``> iou_threshold``.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    order = torch.sort(_acc(scores), descending=True, stable=True).indices
+    iou = box_iou(_acc(boxes)[order], _acc(boxes)[order])
+    n = order.numel()
+    suppressed = torch.zeros(n, dtype=torch.bool)
+    keep = []
+    iou_cpu = iou.cpu()
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou_cpu[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.3,
+    score_threshold: float = 0.01,
+    pre_nms_top_k: int = 5000,
+    max_keep: int = 750,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-image NMS of ``boxes[B,N,4]`` / ``scores[B,N]``.
+
+    Per image: keep ``score > score_threshold`` (NaN scores never pass), take
+    the ``pre_nms_top_k`` best (ties: lower index first), greedy NMS at
+    ``iou_threshold``, keep at most ``max_keep``. Returns padded
+    ``(boxes[B,max_keep,4], scores[B,max_keep], indices[B,max_keep], counts[B])``;
+    padding is 0 for boxes and scores and -1 for indices.
+    """
+    B, N = scores.shape
+    out_boxes = boxes.new_zeros(B, max_keep, 4)
+    out_scores = scores.new_zeros(B, max_keep)
+    out_idx = torch.full((B, max_keep), -1, dtype=torch.long, device=boxes.device)
+    counts = torch.zeros(B, dtype=torch.long, device=boxes.device)
+    for b in range(B):
+        s = _acc(scores[b])
+        cand = torch.nonzero(s > score_threshold).flatten()
+        order = torch.sort(s[cand], descending=True, stable=True).indices[:pre_nms_top_k]
+        cand = cand[order]
+        keep = cand[nms(boxes[b, cand], s[cand], iou_threshold)][:max_keep]
+        k = keep.numel()
+        counts[b] = k
+        out_boxes[b, :k] = boxes[b, keep]
+        out_scores[b, :k] = scores[b, keep]
+        out_idx[b, :k] = keep
+    return out_boxes, out_scores, out_idx, counts
+
+
+def match_anchors(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    gt_counts: Tensor,
+    iou_threshold: float = 0.4,
+    ignore_threshold: Optional[float] = None,
+    variances: Tuple[float, float] = (0.1, 0.2),
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """SSD/DSFD anchor assignment, fused with encoding.
+
+    ``anchors[A,4]`` are ``cx,cy,w,h``; ``gt_boxes[B,G,4]`` are corner boxes,
+    padded per image, of which the first ``gt_counts[b]`` are real.
+
+    * each anchor takes the ground truth with the highest IoU (ties: lowest
+      ground-truth index);
+    * each ground truth forces its best anchor (ties: lowest anchor index) to
+      match it, even below the threshold; ground truths are applied in index
+      order, so a later one wins an anchor two ground truths both pick. A
+      ground truth that overlaps no anchor at all (best IoU 0, e.g. a
+      zero-area box) forces nothing: this deliberately differs from the
+      classic SSD code, which would glue it to anchor 0;
+    * label 1 where the (possibly forced) IoU is ``>= iou_threshold``; with
+      ``ignore_threshold`` set, ``ignore_threshold <= IoU < iou_threshold`` is
+      -1 (ignored); everything else 0.
+
+    Returns ``labels[B,A]`` (int64), ``matched_gt[B,A]`` (int64, the ground
+    truth index for positives, -1 elsewhere) and ``loc_targets[B,A,4]``
+    (encoded offsets for positives, 0 elsewhere; dtype of ``gt_boxes``).
+    """
+    B, G, _ = gt_boxes.shape
+    A = anchors.shape[0]
+    dev = gt_boxes.device
+    labels = torch.zeros(B, A, dtype=torch.long, device=dev)
+    matched = torch.full((B, A), -1, dtype=torch.long, device=dev)
+    targets = torch.zeros(B, A, 4, dtype=gt_boxes.dtype, device=dev)
+    a_corners = anchors_to_corners(_acc(anchors))
+    for b in range(B):
+        g = int(gt_counts[b])
+        if g == 0:
+            continue
+        gt = _acc(gt_boxes[b, :g])
+        iou = box_iou(gt, a_corners)  # [g, A]
+        best_gt_iou, best_gt = iou.max(0)  # per anchor; first max on ties
+        best_anchor_iou, best_anchor = iou.max(1)  # per gt
+        for j in range(g):
+            if best_anchor_iou[j] > 0:
+                best_gt[best_anchor[j]] = j
+                best_gt_iou[best_anchor[j]] = 2.0
+        pos = best_gt_iou >= iou_threshold
+        lab = pos.long()
+        if ignore_threshold is not None:
+            lab[(best_gt_iou >= ignore_threshold) & ~pos] = -1
+        labels[b] = lab
+        matched[b, pos] = best_gt[pos]
+        enc = encode_boxes(gt[best_gt[pos]], _acc(anchors)[pos], variances)
+        targets[b, pos] = enc.to(targets.dtype)
+    return labels, matched, targets
+
+
+def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3) -> Tensor:
+    """Positives plus the hardest negatives per image.
+
+    Negatives are anchors with label 0 (label -1 is ignored, never mined).
+    Per image ``k = min(neg_pos_ratio * num_pos, A - 1)`` negatives with the
+    largest ``conf_loss`` are kept (ties: lower anchor index first; NaN counts
+    as the largest, as in ``torch.sort``).
+    """
+    B, A = conf_loss.shape
+    num_pos = (labels > 0).sum(1, keepdim=True)
+    num_neg = torch.clamp(neg_pos_ratio * num_pos, max=A - 1)
+    loss = _acc(conf_loss).masked_fill(labels != 0, float("-inf"))
+    order = torch.sort(loss, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(A, device=loss.device).expand(B, A))
+    neg = (rank < num_neg) & (labels == 0)
+    return neg | (labels > 0)
+
+
+def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:
+    """FEM top-down step: ``bilinear_up(upper, lateral's HxW) * lateral`` (then ReLU if asked)."""
+    up = F.interpolate(upper, size=lateral.shape[-2:], mode="bilinear", align_corners=align_corners)
+    out = up * lateral
+    return F.relu(out) if relu else out
+
+
+def box_voting(
+    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, max_keep: int = 750
+) -> Tuple[Tensor, Tensor]:
+    """The released WIDER test code's box voting (``bbox_vote``), in pixels.
+
+    IoU uses the released code's inclusive-pixel convention
+    (``w = x2 - x1 + 1``).
+
+    Repeatedly take the highest-scoring remaining box (ties: lower index);
+    all remaining boxes with IoU ``>= iou_threshold`` to it (itself included)
+    form a group and are removed. A group of one box is dropped; otherwise
+    the output box is the score-weighted mean of the group's coordinates and
+    its score the group's maximum. At most ``max_keep`` boxes are returned.
+    """
+    if boxes.numel() == 0:
+        return boxes.new_zeros(0, 4), scores.new_zeros(0)
+    order = torch.sort(_acc(scores), descending=True, stable=True).indices
+    b, s = _acc(boxes)[order], _acc(scores)[order]
+    iou = box_iou(torch.cat([b[:, :2], b[:, 2:] + 1], 1), torch.cat([b[:, :2], b[:, 2:] + 1], 1))
+    alive = torch.ones(len(b), dtype=torch.bool)
+    out_b, out_s = [], []
+    for i in range(len(b)):
+        if len(out_b) >= max_keep:
+            break
+        if not alive[i]:
+            continue
+        group = alive & (iou[i].cpu() >= iou_threshold)
+        group[i] = True
+        alive &= ~group
+        idx = torch.nonzero(group).flatten()
+        if idx.numel() <= 1:
+            continue
+        w = s[idx]
+        out_b.append((b[idx] * w[:, None]).sum(0) / w.sum())
+        out_s.append(w.max())
+    if not out_b:
+        return boxes.new_zeros(0, 4), scores.new_zeros(0)
+    return torch.stack(out_b).to(boxes.dtype), torch.stack(out_s).to(scores.dtype)
