@@ -71,11 +71,15 @@ def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (
 
 
 def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
-    """Inverse of :func:`encode_boxes`: ``deltas[..., A, 4]`` and ``anchors[A, 4]`` -> corner boxes."""
+    """Inverse of :func:`encode_boxes`: ``deltas[..., A, 4]`` and ``anchors[A, 4]`` -> corner boxes.
+
+    As in the released DSFD code: ``x1 = c - w / 2`` and then ``x2 = x1 + w``.
+    """
     d, a = _acc(deltas), _acc(anchors)
     c = a[..., :2] + d[..., :2] * variances[0] * a[..., 2:]
     wh = a[..., 2:] * torch.exp(d[..., 2:] * variances[1])
-    return torch.cat([c - wh / 2, c + wh / 2], -1).to(deltas.dtype)
+    xy1 = c - wh / 2
+    return torch.cat([xy1, xy1 + wh], -1).to(deltas.dtype)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -203,13 +207,17 @@ def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3
     as the largest, as in ``torch.sort``).
     """
     B, A = conf_loss.shape
+    is_neg = labels == 0
     num_pos = (labels > 0).sum(1, keepdim=True)
     num_neg = torch.clamp(neg_pos_ratio * num_pos, max=A - 1)
-    loss = _acc(conf_loss).masked_fill(labels != 0, float("-inf"))
-    order = torch.sort(loss, dim=1, descending=True, stable=True).indices
+    # Hardest first (stable: ties keep the lower index), then negatives in
+    # front of everything else, keeping that order.
+    order = torch.sort(_acc(conf_loss), dim=1, descending=True, stable=True).indices
+    neg_first = torch.sort(torch.gather(is_neg, 1, order).to(torch.uint8), dim=1, descending=True, stable=True)
+    order = torch.gather(order, 1, neg_first.indices)
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(A, device=loss.device).expand(B, A))
-    neg = (rank < num_neg) & (labels == 0)
+    rank.scatter_(1, order, torch.arange(A, device=conf_loss.device).expand(B, A).contiguous())
+    neg = (rank < num_neg) & is_neg
     return neg | (labels > 0)
 
 

@@ -1,0 +1,154 @@
+// CPU kernels for dsfd::upsample_mul (+ backward). Works on NCHW planes;
+// channels_last inputs are converted and the result is returned in the
+// lateral map's memory format.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../upsample_mul.h"
+
+namespace dsfd {
+namespace {
+
+// Source taps and weights of one output coordinate, PyTorch's convention.
+template <typename acc_t>
+struct Tap {
+  int64_t i0, i1;
+  acc_t w0, w1;
+};
+
+template <typename acc_t>
+std::vector<Tap<acc_t>> make_taps(int64_t in_size, int64_t out_size, bool align_corners) {
+  std::vector<Tap<acc_t>> taps(out_size);
+  const acc_t scale = bilinear_scale<acc_t>(in_size, out_size, align_corners);
+  for (int64_t o = 0; o < out_size; ++o) {
+    acc_t src = align_corners ? scale * o : scale * (o + acc_t(0.5)) - acc_t(0.5);
+    if (src < 0) src = 0;
+    const int64_t i0 = std::min<int64_t>(static_cast<int64_t>(src), in_size - 1);
+    const acc_t l1 = std::min(std::max(src - i0, acc_t(0)), acc_t(1));
+    taps[o] = {i0, i0 + (i0 < in_size - 1 ? 1 : 0), acc_t(1) - l1, l1};
+  }
+  return taps;
+}
+
+template <typename scalar_t>
+void forward_impl(const scalar_t* up, const scalar_t* lat, scalar_t* out, int64_t planes, int64_t h, int64_t w,
+                  int64_t H, int64_t W, bool align_corners, bool relu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto ty = make_taps<acc_t>(h, H, align_corners);
+  const auto tx = make_taps<acc_t>(w, W, align_corners);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* u = up + p * h * w;
+      const scalar_t* l = lat + p * H * W;
+      scalar_t* o = out + p * H * W;
+      for (int64_t y = 0; y < H; ++y) {
+        const auto& t = ty[y];
+        const scalar_t* r0 = u + t.i0 * w;
+        const scalar_t* r1 = u + t.i1 * w;
+        for (int64_t x = 0; x < W; ++x) {
+          const auto& s = tx[x];
+          const acc_t v = t.w0 * (s.w0 * acc_t(r0[s.i0]) + s.w1 * acc_t(r0[s.i1])) +
+                          t.w1 * (s.w0 * acc_t(r1[s.i0]) + s.w1 * acc_t(r1[s.i1]));
+          acc_t prod = v * acc_t(l[y * W + x]);
+          if (relu) prod = prod > 0 ? prod : acc_t(0);
+          o[y * W + x] = static_cast<scalar_t>(prod);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const scalar_t* grad, const scalar_t* up, const scalar_t* lat, const scalar_t* out,
+                   scalar_t* grad_up, scalar_t* grad_lat, int64_t planes, int64_t h, int64_t w, int64_t H, int64_t W,
+                   bool align_corners, bool relu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto ty = make_taps<acc_t>(h, H, align_corners);
+  const auto tx = make_taps<acc_t>(w, W, align_corners);
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(h * w);
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* u = up + p * h * w;
+      const scalar_t* l = lat + p * H * W;
+      const scalar_t* g = grad + p * H * W;
+      const scalar_t* o = out + p * H * W;
+      scalar_t* gl = grad_lat + p * H * W;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t y = 0; y < H; ++y) {
+        const auto& t = ty[y];
+        const scalar_t* r0 = u + t.i0 * w;
+        const scalar_t* r1 = u + t.i1 * w;
+        acc_t* a0 = acc.data() + t.i0 * w;
+        acc_t* a1 = acc.data() + t.i1 * w;
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t k = y * W + x;
+          acc_t gk = g[k];
+          if (relu && !(acc_t(o[k]) > 0)) gk = 0;  // ReLU passes gradient where its output is positive
+          const auto& s = tx[x];
+          const acc_t v = t.w0 * (s.w0 * acc_t(r0[s.i0]) + s.w1 * acc_t(r0[s.i1])) +
+                          t.w1 * (s.w0 * acc_t(r1[s.i0]) + s.w1 * acc_t(r1[s.i1]));
+          gl[k] = static_cast<scalar_t>(gk * v);
+          const acc_t gu = gk * acc_t(l[k]);
+          a0[s.i0] += t.w0 * s.w0 * gu;
+          a0[s.i1] += t.w0 * s.w1 * gu;
+          a1[s.i0] += t.w1 * s.w0 * gu;
+          a1[s.i1] += t.w1 * s.w1 * gu;
+        }
+      }
+      scalar_t* gu = grad_up + p * h * w;
+      for (int64_t i = 0; i < h * w; ++i) gu[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+at::Tensor upsample_mul_cpu(const at::Tensor& upper, const at::Tensor& lateral, bool align_corners, bool relu) {
+  check_upsample_mul_inputs(upper, lateral);
+  const auto fmt = lateral.suggest_memory_format();
+  auto u = upper.contiguous();
+  auto l = lateral.contiguous();
+  auto out = at::empty_like(l);
+  if (out.numel() == 0) return out.contiguous(fmt);
+  const int64_t planes = l.size(0) * l.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_upsample_mul_cpu", [&] {
+    forward_impl<scalar_t>(u.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), planes,
+                           u.size(2), u.size(3), l.size(2), l.size(3), align_corners, relu);
+  });
+  return out.contiguous(fmt);
+}
+
+std::tuple<at::Tensor, at::Tensor> upsample_mul_backward_cpu(const at::Tensor& grad_out, const at::Tensor& upper,
+                                                             const at::Tensor& lateral, const at::Tensor& out,
+                                                             bool align_corners, bool relu) {
+  check_upsample_mul_inputs(upper, lateral);
+  TORCH_CHECK(grad_out.sizes() == lateral.sizes() && out.sizes() == lateral.sizes(),
+              "dsfd::upsample_mul_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
+              " must match lateral ", lateral.sizes());
+  auto u = upper.contiguous();
+  auto l = lateral.contiguous();
+  auto g = grad_out.to(l.scalar_type()).contiguous();
+  auto o = out.to(l.scalar_type()).contiguous();
+  auto grad_up = at::empty_like(u);
+  auto grad_lat = at::empty_like(l);
+  if (l.numel() == 0) return {grad_up.zero_(), grad_lat};
+  const int64_t planes = l.size(0) * l.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_upsample_mul_backward_cpu", [&] {
+    backward_impl<scalar_t>(g.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(),
+                            o.data_ptr<scalar_t>(), grad_up.data_ptr<scalar_t>(), grad_lat.data_ptr<scalar_t>(), planes,
+                            u.size(2), u.size(3), l.size(2), l.size(3), align_corners, relu);
+  });
+  return {grad_up.contiguous(upper.suggest_memory_format()), grad_lat.contiguous(lateral.suggest_memory_format())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dsfd, CPU, m) {
+  m.impl("upsample_mul", &upsample_mul_cpu);
+  m.impl("upsample_mul_backward", &upsample_mul_backward_cpu);
+}
+
+}  // namespace dsfd
