@@ -71,7 +71,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -233,8 +233,8 @@ def save_wider_ground_truth(gt: WiderGroundTruth, out_dir: PathLike) -> Path:
         kl = {s: obj(len(idxs)) for s in SETTINGS}
         for j, idx in enumerate(idxs):
             files[j, 0] = gt.names[idx]
-            bbx[j, 0] = gt.boxes[idx].astype(np.int32) if np.all(gt.boxes[idx] == np.round(gt.boxes[idx])) \
-                else gt.boxes[idx]
+            b = gt.boxes[idx]
+            bbx[j, 0] = b.astype(np.int32) if np.array_equal(b, np.round(b)) else b  # the release stores int32
             for s in SETTINGS:
                 kl[s][j, 0] = (gt.keep[s][idx] + 1).astype(np.float64).reshape(-1, 1)
         file_list[gi, 0], bbx_list[gi, 0] = files, bbx
@@ -622,7 +622,8 @@ def evaluate_wider(
             keep_mask[offsets[i] + k] = True
             count_face += len(k)
         num_faces[setting] = count_face
-        kept = matched & keep_mask[np.where(matched, gidx, 0)] if len(gidx) else matched
+        kept = np.zeros(len(gidx), dtype=bool)
+        kept[matched] = keep_mask[gidx[matched]]
         ignored = matched & ~kept
         kept_idx = np.flatnonzero(kept)
         _, first = np.unique(gidx[kept_idx], return_index=True)

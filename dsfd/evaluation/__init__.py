@@ -1,0 +1,60 @@
+"""Evaluation: WIDER FACE (official easy/medium/hard AP) and FDDB (discrete/continuous ROC).
+
+* :mod:`dsfd.evaluation.wider` - the official WIDER FACE protocol, vectorised;
+  prediction folder reading/writing.
+* :mod:`dsfd.evaluation.fddb` - FDDB fold files, rasterised ellipse overlaps,
+  bipartite matching, ROC.
+* :mod:`dsfd.evaluation.plots` - PR / ROC PNGs.
+* :mod:`dsfd.evaluation.cli` - the ``dsfd eval`` subcommand.
+
+Nothing here needs the compiled extension or torch.
+"""
+
+from .fddb import (
+    FDDBResult,
+    box_to_ellipse,
+    evaluate_fddb,
+    fddb_overlaps,
+    read_fddb_detections,
+    read_fddb_folds,
+    read_fddb_image_list,
+    write_fddb_detections,
+)
+from .plots import plot_fddb_roc, plot_wider_pr
+from .wider import (
+    SETTINGS,
+    WiderGroundTruth,
+    WiderResult,
+    evaluate_wider,
+    load_wider_ground_truth,
+    read_prediction_dir,
+    read_prediction_file,
+    save_wider_ground_truth,
+    voc_ap,
+    write_prediction_dir,
+    write_prediction_file,
+)
+
+__all__ = [
+    "SETTINGS",
+    "WiderGroundTruth",
+    "WiderResult",
+    "evaluate_wider",
+    "load_wider_ground_truth",
+    "save_wider_ground_truth",
+    "read_prediction_dir",
+    "read_prediction_file",
+    "write_prediction_dir",
+    "write_prediction_file",
+    "voc_ap",
+    "FDDBResult",
+    "evaluate_fddb",
+    "fddb_overlaps",
+    "box_to_ellipse",
+    "read_fddb_folds",
+    "read_fddb_image_list",
+    "read_fddb_detections",
+    "write_fddb_detections",
+    "plot_wider_pr",
+    "plot_fddb_roc",
+]

@@ -1,0 +1,221 @@
+"""``dsfd eval``: score WIDER FACE predictions (and optionally FDDB detections).
+
+Examples::
+
+    # score an existing prediction folder (<event>/<image>.txt)
+    dsfd eval --predictions runs/preds --ground-truth ../shared/data/widerface/ground_truth
+
+    # run the detector over the val images first, then score
+    dsfd eval --weights dsfd.pth --data ../shared/data/widerface --split val [--accuracy-mode]
+
+    # FDDB: ellipse folds + one detection file (or a folder of fold files)
+    dsfd eval --fddb-folds FDDB-folds --fddb-detections dets.txt [--fddb-images originalPics]
+
+Outputs (into ``--out``): ``ap.json`` and ``pr_{easy,medium,hard}.png`` for
+WIDER FACE; ``fddb.json``, ``fddb_roc.png`` and the official-layout
+``fddb_DiscROC.txt`` / ``fddb_ContROC.txt`` for FDDB.  ``--out`` defaults to
+``<predictions>_eval`` next to the prediction folder (or ``<fddb
+detections>_eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval`` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "eval",
+        help="score WIDER FACE predictions (easy/medium/hard AP) and FDDB detections",
+        description=__doc__.split("\n\n")[0],
+    )
+    w = p.add_argument_group("WIDER FACE")
+    w.add_argument("--predictions", type=Path, help="prediction folder <event>/<image>.txt (read, or written "
+                   "to when --weights is given)")
+    w.add_argument("--ground-truth", type=Path, help="folder of wider_{face,easy,medium,hard}_val.mat "
+                   "(default: <data>/ground_truth, <data> = --data or $DSFD_WIDER_ROOT)")
+    w.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5)")
+    d = p.add_argument_group("running the detector")
+    d.add_argument("--weights", type=Path, help="weights file: run the detector over the images first")
+    d.add_argument("--data", type=Path,
+                   help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
+    d.add_argument("--split", default="val", choices=["val"], help="split to run on (default val)")
+    d.add_argument("--accuracy-mode", action="store_true",
+                   help="multi-scale + flip test as in the released DSFD evaluation (slow)")
+    f = p.add_argument_group("FDDB")
+    f.add_argument("--fddb-folds", type=Path, help="FDDB-folds folder (FDDB-fold-XX-ellipseList.txt)")
+    f.add_argument("--fddb-detections", type=Path, help="FDDB detection file, or folder of *.txt files")
+    f.add_argument("--fddb-det-format", choices=["rect", "ellipse"], default="rect",
+                   help="detections as x y w h score (rect, default) or ra rb angle cx cy score")
+    f.add_argument("--fddb-images", type=Path, help="FDDB image root (originalPics); if given, regions are "
+                   "clipped to the image like the official tool")
+    p.add_argument("--out", type=Path, help="output folder (default: <predictions>_eval)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"dsfd eval: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load_detector(weights: Path, accuracy_mode: bool) -> Callable:
+    """The detector from ``dsfd.inference`` (imported only when needed).
+
+    Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool)``
+    returns a callable mapping a BGR ``uint8`` image ``[H, W, 3]`` to a
+    ``[K, 5]`` array of ``x1, y1, x2, y2, score`` in pixels.
+    """
+    try:
+        inference = importlib.import_module("dsfd.inference")
+    except ImportError as e:
+        if getattr(e, "name", None) in ("dsfd.inference", None) or "dsfd.inference" in str(e):
+            raise RuntimeError(
+                "running the detector needs dsfd.inference, which is not available yet; "
+                "score an existing prediction folder with --predictions DIR instead"
+            ) from e
+        raise
+    load = getattr(inference, "load_detector", None)
+    if load is None:
+        raise RuntimeError("dsfd.inference has no load_detector(weights, accuracy_mode=...) yet")
+    return load(str(weights), accuracy_mode=accuracy_mode)
+
+
+def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from .wider import write_prediction_file
+
+    detector = _load_detector(args.weights, args.accuracy_mode)
+    image_root = data_root / f"WIDER_{args.split}" / "images"
+    unreadable = []
+    items = list(zip(gt.events, gt.names))
+    for event, name in tqdm(items, desc="detecting", unit="img", disable=args.quiet):
+        img = cv2.imread(str(image_root / event / f"{name}.jpg"), cv2.IMREAD_COLOR)
+        if img is None:
+            unreadable.append(f"{event}/{name}")
+            continue
+        det = detector(img)
+        det = det.detach().cpu().numpy() if hasattr(det, "detach") else det
+        write_prediction_file(pred_dir / event / f"{name}.txt", f"{event}/{name}.jpg", det)
+    if unreadable:
+        print(f"warning: {len(unreadable)} image(s) could not be read, first: {unreadable[0]}", file=sys.stderr)
+    return len(items) - len(unreadable)
+
+
+def _eval_wider(args) -> int:
+    from ..data_paths import wider_root
+    from .wider import evaluate_wider, load_wider_ground_truth
+
+    data_root = args.data if args.data is not None else wider_root()
+    gt_dir = args.ground_truth if args.ground_truth is not None else data_root / "ground_truth"
+    try:
+        gt = load_wider_ground_truth(gt_dir)
+    except FileNotFoundError as e:
+        return _error(str(e))
+
+    pred_dir: Optional[Path] = args.predictions
+    out_dir: Optional[Path] = args.out
+    if args.weights is not None:
+        if pred_dir is None:
+            if out_dir is None:
+                return _error("--weights needs --predictions DIR or --out DIR to write the predictions to")
+            pred_dir = out_dir / "predictions"
+        try:
+            n = _run_detector(args, gt, data_root, pred_dir)
+        except RuntimeError as e:
+            return _error(str(e))
+        print(f"wrote predictions for {n} image(s) to {pred_dir}")
+    if pred_dir is None:
+        return _error("nothing to evaluate: give --predictions DIR (or --weights, or --fddb-folds)")
+    if not pred_dir.is_dir():
+        return _error(f"prediction folder not found: {pred_dir}")
+    if out_dir is None:
+        out_dir = pred_dir.resolve().parent / f"{pred_dir.resolve().name}_eval"
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_wider(pred_dir, gt, iou_threshold=args.iou, progress=not args.quiet)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.to_json(out_dir / "ap.json")
+    print(result.table())
+    if not args.no_plots:
+        from .plots import plot_wider_pr
+
+        plot_wider_pr({pred_dir.name: result}, out_dir)
+    print(f"results written to {out_dir}")
+    return 0
+
+
+def _image_sizes(image_root: Path, names) -> dict:
+    import cv2
+
+    sizes = {}
+    for n in names:
+        img = cv2.imread(str(image_root / f"{n}.jpg"), cv2.IMREAD_UNCHANGED)
+        if img is not None:
+            sizes[n] = img.shape[:2]
+    return sizes
+
+
+def _eval_fddb(args) -> int:
+    from .fddb import evaluate_fddb, read_fddb_detections, read_fddb_folds
+
+    if args.fddb_detections is None:
+        return _error("--fddb-folds needs --fddb-detections (running the detector on FDDB is not wired yet)")
+    try:
+        ann = read_fddb_folds(args.fddb_folds)
+        dets = read_fddb_detections(args.fddb_detections, args.fddb_det_format)
+    except (FileNotFoundError, ValueError) as e:
+        return _error(str(e))
+    # score the annotated images the detection file(s) cover (a record with count 0 counts)
+    names = [n for n in ann if n in dets]
+    if not names:
+        return _error(f"no image of {args.fddb_detections} is in the FDDB annotations")
+    if len(names) < len(ann):
+        print(f"note: scoring the {len(names)} annotated image(s) that have detections "
+              f"(of {len(ann)} annotated)", file=sys.stderr)
+    sizes = _image_sizes(args.fddb_images, names) if args.fddb_images is not None else None
+    result = evaluate_fddb(ann, dets, args.fddb_det_format, image_sizes=sizes, image_list=names,
+                           progress=not args.quiet)
+    det_path = args.fddb_detections.resolve()
+    out_dir = args.out if args.out is not None else det_path.parent / f"{det_path.stem}_eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.to_json(out_dir / "fddb.json")
+    result.write_roc_files(out_dir / "fddb_")
+    print(result.table())
+    if not args.no_plots:
+        from .plots import plot_fddb_roc
+
+        plot_fddb_roc(result, out_dir / "fddb_roc.png")
+    print(f"FDDB results written to {out_dir}")
+    return 0
+
+
+def run(args) -> int:
+    """Entry point of ``dsfd eval`` (returns the exit code)."""
+    wider = args.predictions is not None or args.weights is not None
+    if args.fddb_folds is None and not wider:
+        return _error("nothing to evaluate: give --predictions DIR, --weights W, or --fddb-folds DIR")
+    if args.fddb_detections is not None and args.fddb_folds is None:
+        return _error("--fddb-detections needs --fddb-folds")
+    code = 0
+    if wider:
+        code = _eval_wider(args)
+    if code == 0 and args.fddb_folds is not None:
+        code = _eval_fddb(args)
+    return code
