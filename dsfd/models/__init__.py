@@ -1,0 +1,83 @@
+"""DSFD models: the paper's dual-shot detector and the authors' released network.
+
+* :func:`build_model` / :func:`dsfd_paper` / :func:`dsfd_released` build every variant;
+* :func:`load_weights` builds the right model for a checkpoint and loads it;
+* :mod:`.anchors`, :mod:`.backbones`, :mod:`.fem`, :mod:`.heads` hold the parts.
+"""
+
+from .anchors import (
+    ASPECT_RATIO,
+    FIRST_SHOT_SIZES,
+    SECOND_SHOT_SIZES,
+    STEPS,
+    AnchorGenerator,
+    anchor_cache_info,
+    cached_anchors,
+    clear_anchor_cache,
+    generate_anchors,
+    set_anchor_cache_size,
+)
+from .backbones import (
+    BACKBONES,
+    L2Norm,
+    ResNet,
+    ResNetBackbone,
+    VGG16Backbone,
+    build_backbone,
+    load_imagenet_weights,
+)
+from .dsfd import BGR_MEAN, DSFD, NETWORKS, DSFDOutput, build_model, dsfd_paper, preprocess
+from .fem import ContextFEM, FeatureEnhanceModule, FEMBranches, upsample_mul
+from .heads import DeepHead, DSFDHead, ShotOutput, decode_predictions, max_in_out
+from .released import ReleasedDSFD, ReleasedOutput, dsfd_released
+from .weights import (
+    CheckpointError,
+    convert_dualshot_reference_state_dict,
+    identify_checkpoint,
+    load_state_dict_checked,
+    load_weights,
+)
+
+__all__ = [
+    "build_model",
+    "dsfd_paper",
+    "dsfd_released",
+    "load_weights",
+    "load_state_dict_checked",
+    "identify_checkpoint",
+    "convert_dualshot_reference_state_dict",
+    "CheckpointError",
+    "DSFD",
+    "DSFDOutput",
+    "ReleasedDSFD",
+    "ReleasedOutput",
+    "ShotOutput",
+    "preprocess",
+    "BGR_MEAN",
+    "NETWORKS",
+    "BACKBONES",
+    "L2Norm",
+    "ResNet",
+    "ResNetBackbone",
+    "VGG16Backbone",
+    "build_backbone",
+    "load_imagenet_weights",
+    "FeatureEnhanceModule",
+    "FEMBranches",
+    "ContextFEM",
+    "upsample_mul",
+    "DSFDHead",
+    "DeepHead",
+    "max_in_out",
+    "decode_predictions",
+    "AnchorGenerator",
+    "generate_anchors",
+    "cached_anchors",
+    "anchor_cache_info",
+    "clear_anchor_cache",
+    "set_anchor_cache_size",
+    "STEPS",
+    "FIRST_SHOT_SIZES",
+    "SECOND_SHOT_SIZES",
+    "ASPECT_RATIO",
+]

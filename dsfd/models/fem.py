@@ -1,0 +1,353 @@
+"""Feature Enhance Modules: the paper's FEM and the released "context module".
+
+* :class:`FeatureEnhanceModule` - the paper's FEM over all six levels
+  (spec 2a): top-down ``relu(up(relu(conv1x1(upper))) * conv1x1(lateral))``
+  followed by three branches of dilated 3x3 convolutions per level
+  (:class:`FEMBranches`). This is the whole FEM block as one module.
+* :class:`ContextFEM` - the released network's per-level module (spec 2b):
+  ``concat(a, b, c)`` from a depth-1/2/3 branch structure with dilation 1/2.
+
+Every top-down "upsample bilinearly to the lower map's size and multiply"
+step goes through :func:`upsample_mul`, which calls the fused C++/CUDA op
+``dsfd.ops.upsample_mul`` when the extension is loaded and the module flag
+:data:`use_fused_ops` is true, and the plain-PyTorch reference otherwise.
+
+Branch fusion: convolutions that read the same input with the same 3x3
+kernel shape run as *one* convolution with concatenated weights in eval mode
+(:func:`fuse_conv_weights`). The ``state_dict`` keeps the separate
+parameters; the concatenated weight is built once and cached until any of the
+source parameters changes (in-place update, ``load_state_dict``, ``.to()``).
+When gradients are needed in eval mode the concatenation is done on the fly
+(differentiable) instead of cached.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import extension as _extension
+from ..ops.reference import upsample_mul as upsample_mul_reference
+
+__all__ = [
+    "use_fused_ops",
+    "upsample_mul",
+    "fuse_conv_weights",
+    "FEMBranches",
+    "FeatureEnhanceModule",
+    "ContextFEM",
+]
+
+#: Use ``dsfd.ops.upsample_mul`` (fused kernel) when the extension is available.
+use_fused_ops: bool = True
+
+
+def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:
+    """``bilinear_up(upper, lateral's H x W) * lateral`` (then ReLU): the FEM top-down step.
+
+    Dispatches to the fused op when ``dsfd.extension._has_ops()`` and
+    :data:`use_fused_ops`; otherwise to :func:`dsfd.ops.reference.upsample_mul`.
+
+    Args:
+        upper: ``Tensor[B, C, h, w]`` (already projected to ``C`` channels).
+        lateral: ``Tensor[B, C, H, W]``.
+        align_corners: bilinear convention (released weights: ``True``; paper: ``False``).
+        relu: ReLU on the product.
+    """
+    if use_fused_ops and _extension._has_ops():
+        from ..ops import upsample_mul as fused_upsample_mul
+
+        return fused_upsample_mul(upper, lateral, align_corners=align_corners, relu=relu)
+    return upsample_mul_reference(upper, lateral, align_corners=align_corners, relu=relu)
+
+
+# --------------------------------------------------------------------------- branch fusion
+
+
+def _check_fusable(convs: Sequence[nn.Conv2d]) -> None:
+    c_in = convs[0].in_channels
+    for c in convs:
+        k = c.kernel_size
+        if c.in_channels != c_in or c.groups != 1 or c.stride != (1, 1) or k[0] != k[1] or k[0] % 2 != 1:
+            raise ValueError("only stride-1, ungrouped, square odd-kernel convs on the same input can be fused")
+        if c.padding != (c.dilation[0] * (k[0] // 2), c.dilation[1] * (k[1] // 2)) or c.dilation[0] != c.dilation[1]:
+            raise ValueError("fused convs must be 'same'-padded with equal dilation in H and W")
+        if k != convs[0].kernel_size:
+            raise ValueError("fused convs must share the kernel shape")
+
+
+def fuse_conv_weights(
+    weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]], dilations: Sequence[int]
+) -> Tuple[Tensor, Optional[Tensor], int, int]:
+    """One convolution equivalent to several 'same'-padded stride-1 convs on one input.
+
+    Returns ``(weight, bias, padding, dilation)``. With equal dilations the
+    weights are just concatenated along the output dimension. With different
+    dilations (e.g. 1 and 2) each ``k x k`` kernel is embedded with zeros into
+    a ``(2 * max_d * (k // 2) + 1)``-wide dilation-1 kernel - exact, but with
+    more multiply-adds (see :class:`ContextFEM`).
+    """
+    k = weights[0].shape[-1]
+    if all(d == dilations[0] for d in dilations):
+        w = torch.cat(list(weights), 0)
+        d = int(dilations[0])
+        pad = d * (k // 2)
+    else:
+        r = max(dilations) * (k // 2)
+        size = 2 * r + 1
+        parts = []
+        for wt, d in zip(weights, dilations):
+            big = wt.new_zeros(wt.shape[0], wt.shape[1], size, size)
+            lo = r - d * (k // 2)
+            big[:, :, lo : lo + d * (k - 1) + 1 : d, lo : lo + d * (k - 1) + 1 : d] = wt
+            parts.append(big)
+        w = torch.cat(parts, 0)
+        d, pad = 1, r
+    if any(b is None for b in biases):
+        if not all(b is None for b in biases):
+            b_list = [b if b is not None else wt.new_zeros(wt.shape[0]) for b, wt in zip(biases, weights)]
+            return w, torch.cat(b_list, 0), pad, d
+        return w, None, pad, d
+    return w, torch.cat([b for b in biases if b is not None], 0), pad, d
+
+
+class _FusedConvCache:
+    """Cache of the fused weight of a group of convs, invalidated by parameter versions.
+
+    A plain object (not a module / buffer), so it never enters the ``state_dict``.
+    """
+
+    def __init__(self) -> None:
+        self.key: Optional[tuple] = None
+        self.value: Optional[Tuple[Tensor, Optional[Tensor], int, int]] = None
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+    def get(self, convs: Sequence[nn.Conv2d]) -> Tuple[Tensor, Optional[Tensor], int, int]:
+        params = [p for c in convs for p in (c.weight, c.bias) if p is not None]
+        ws = [c.weight for c in convs]
+        bs = [c.bias for c in convs]
+        ds = [c.dilation[0] for c in convs]
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        tracing = torch.jit.is_tracing() or (hasattr(torch, "compiler") and torch.compiler.is_compiling())
+        if needs_grad or tracing:
+            return fuse_conv_weights(ws, bs, ds)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device, tuple(p.shape)) for p in params)
+        if key != self.key or self.value is None:
+            with torch.no_grad():
+                detached_b = [b.detach() if b is not None else None for b in bs]
+                self.value = fuse_conv_weights([w.detach() for w in ws], detached_b, ds)
+            self.key = key
+        return self.value
+
+
+class _FusingModule(nn.Module):
+    """Base of modules with fusable conv groups; ``fuse_branches`` toggles fusion."""
+
+    fuse_branches: bool
+
+    def _use_fused(self) -> bool:
+        return self.fuse_branches and not self.training
+
+    def train(self, mode: bool = True) -> "_FusingModule":
+        if mode:
+            self._clear_fused()
+        return super().train(mode)
+
+    def _clear_fused(self) -> None:
+        for v in self.__dict__.values():
+            if isinstance(v, _FusedConvCache):
+                v.clear()
+
+    def _fused_conv(self, cache: _FusedConvCache, convs: Sequence[nn.Conv2d], x: Tensor) -> Tensor:
+        w, b, pad, d = cache.get(convs)
+        return F.conv2d(x, w, b, padding=pad, dilation=d)
+
+
+# --------------------------------------------------------------------------- paper FEM
+
+
+class FEMBranches(_FusingModule):
+    """The paper's per-level enhancement: three branches of 3x3 dilated convs.
+
+    Branch widths ``C//3``, ``C//3``, ``C - 2*(C//3)`` with 1, 2 and 3 convs
+    (ReLU between convs), concatenated back to ``C`` channels, then ReLU.
+    Parameter names (``branch1``, ``branch2.0/.2``, ``branch3.0/.2/.4``)
+    follow the most used paper-style re-implementation.
+
+    In eval mode (``fuse_branches=True``) the three first convs, which all
+    read the input with the same kernel, run as one ``C``-output convolution.
+
+    Args:
+        channels: ``C`` (input and output channels).
+        dilation: dilation (= padding) of every conv (3).
+        fuse_branches: fuse the first convs at inference.
+    """
+
+    def __init__(self, channels: int, dilation: int = 3, fuse_branches: bool = True) -> None:
+        super().__init__()
+        c1 = channels // 3
+        c3 = channels - 2 * c1
+        if c1 < 1:
+            raise ValueError("FEM needs at least 3 channels")
+
+        def conv(i: int, o: int) -> nn.Conv2d:
+            return nn.Conv2d(i, o, kernel_size=3, padding=dilation, dilation=dilation)
+
+        self.channels = channels
+        self.split = (c1, c1, c3)
+        self.fuse_branches = fuse_branches
+        self.branch1 = conv(channels, c1)
+        self.branch2 = nn.Sequential(conv(channels, c1), nn.ReLU(inplace=True), conv(c1, c1))
+        self.branch3 = nn.Sequential(
+            conv(channels, c3), nn.ReLU(inplace=True), conv(c3, c3), nn.ReLU(inplace=True), conv(c3, c3)
+        )
+        self._stem_cache = _FusedConvCache()
+        _check_fusable(self.first_convs())
+
+    def first_convs(self) -> List[nn.Conv2d]:
+        return [self.branch1, self.branch2[0], self.branch3[0]]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._use_fused():
+            c1, c2, _ = self.split
+            y = self._fused_conv(self._stem_cache, self.first_convs(), x)
+            x1 = y[:, :c1]
+            x2 = self.branch2[2](F.relu(y[:, c1 : c1 + c2]))
+            x3 = self.branch3[4](F.relu(self.branch3[2](F.relu(y[:, c1 + c2 :]))))
+        else:
+            x1, x2, x3 = self.branch1(x), self.branch2(x), self.branch3(x)
+        return F.relu(torch.cat([x1, x2, x3], 1), inplace=True)
+
+
+class FeatureEnhanceModule(nn.Module):
+    """The paper's FEM over all levels (spec 2a), as one module.
+
+    Top-down from the deepest level ``L-1``::
+
+        t[L-1] = relu(top_down[L-1](x[L-1]))                       # 1x1, C -> C
+        t[l]   = relu(up(relu(top_down[l](t[l+1])), size(x[l])) * lateral[l](x[l]))
+        out[l] = enhance[l](t[l])                                   # FEMBranches
+
+    ``top_down[l]`` is a 1x1 conv from level ``l+1``'s channels to level
+    ``l``'s, ``lateral[l]`` a 1x1 conv on level ``l``'s original map; ``up``
+    is bilinear to the exact lateral size, so any input size works. Each
+    ``up * lateral`` (+ReLU) goes through :func:`upsample_mul`.
+
+    Args:
+        in_channels: channels of the source maps (the output has the same).
+        dilation: dilation of the branch convs (3).
+        align_corners: bilinear convention of the upsampling (``False``).
+        fuse_branches: fuse the branch stems in eval mode.
+
+    ``forward(features: List[Tensor[B, C_l, H_l, W_l]]) -> List[Tensor]`` (same shapes).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        dilation: int = 3,
+        align_corners: bool = False,
+        fuse_branches: bool = True,
+    ) -> None:
+        super().__init__()
+        ch = list(in_channels)
+        n = len(ch)
+        self.in_channels = ch
+        self.align_corners = align_corners
+        self.top_down = nn.ModuleList([nn.Conv2d(ch[min(l + 1, n - 1)], ch[l], kernel_size=1) for l in range(n)])
+        self.lateral = nn.ModuleList([nn.Conv2d(ch[l], ch[l], kernel_size=1) for l in range(n - 1)])
+        self.enhance = nn.ModuleList([FEMBranches(c, dilation, fuse_branches) for c in ch])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def fuse_branches(self) -> bool:
+        return all(e.fuse_branches for e in self.enhance)
+
+    @fuse_branches.setter
+    def fuse_branches(self, value: bool) -> None:
+        for e in self.enhance:
+            e.fuse_branches = bool(value)
+
+    def top_down_path(self, features: Sequence[Tensor]) -> List[Tensor]:
+        """The fused (pre-branch) maps ``t[l]``."""
+        n = len(features)
+        if n != len(self.in_channels):
+            raise ValueError(f"expected {len(self.in_channels)} feature maps, got {n}")
+        t: List[Tensor] = [features[0]] * n
+        t[n - 1] = F.relu(self.top_down[n - 1](features[n - 1]))
+        for l in range(n - 2, -1, -1):
+            upper = F.relu(self.top_down[l](t[l + 1]))
+            t[l] = upsample_mul(upper, self.lateral[l](features[l]), align_corners=self.align_corners, relu=True)
+        return t
+
+    def forward(self, features: Sequence[Tensor]) -> List[Tensor]:
+        t = self.top_down_path(features)
+        return [m(x) for m, x in zip(self.enhance, t)]
+
+
+# --------------------------------------------------------------------------- released FEM
+
+
+class ContextFEM(_FusingModule):
+    """The released network's "FEM" (a PyramidBox-style context module), one level.
+
+    ::
+
+        a = relu(cpm1(x))      # 3x3, dilation 1, C -> 256
+        t = relu(cpm2(x))      # 3x3, dilation 2, C -> 256
+        b = relu(cpm3(t))      # 3x3, dilation 1, 256 -> 128
+        u = relu(cpm4(t))      # 3x3, dilation 2, 256 -> 128
+        c = relu(cpm5(u))      # 3x3, dilation 1, 128 -> 128
+        out = concat(a, b, c)  # 512 channels, no ReLU after the concat
+
+    ``cpm1``/``cpm2`` (and ``cpm3``/``cpm4``) read the same input with the
+    same 3x3 weight shape but *different dilations*, so one convolution with
+    concatenated weights needs a zero-embedded 5x5 kernel: exact, but
+    25 / 9 = 2.8x the multiply-adds of the two 3x3 convs. ``fuse_branches``
+    therefore defaults to ``False`` here; set it to run each pair as one
+    convolution in eval mode.
+
+    Args:
+        in_channels: ``C``.
+        width: the widths ``(256, 128)`` (scaled for tiny models).
+        fuse_branches: fuse ``cpm1``+``cpm2`` and ``cpm3``+``cpm4`` at inference.
+    """
+
+    def __init__(self, in_channels: int, width: Tuple[int, int] = (256, 128), fuse_branches: bool = False) -> None:
+        super().__init__()
+        w1, w2 = width
+        self.width = (w1, w2)
+        self.fuse_branches = fuse_branches
+        self.cpm1 = nn.Conv2d(in_channels, w1, kernel_size=3, dilation=1, padding=1)
+        self.cpm2 = nn.Conv2d(in_channels, w1, kernel_size=3, dilation=2, padding=2)
+        self.cpm3 = nn.Conv2d(w1, w2, kernel_size=3, dilation=1, padding=1)
+        self.cpm4 = nn.Conv2d(w1, w2, kernel_size=3, dilation=2, padding=2)
+        self.cpm5 = nn.Conv2d(w2, w2, kernel_size=3, dilation=1, padding=1)
+        self.out_channels = w1 + 2 * w2
+        self._cache12 = _FusedConvCache()
+        self._cache34 = _FusedConvCache()
+        _check_fusable([self.cpm1, self.cpm2])
+        _check_fusable([self.cpm3, self.cpm4])
+
+    def forward(self, x: Tensor) -> Tensor:
+        w1, w2 = self.width
+        if self._use_fused():
+            at = F.relu(self._fused_conv(self._cache12, [self.cpm1, self.cpm2], x))
+            a, t = at[:, :w1], at[:, w1:]
+            bu = F.relu(self._fused_conv(self._cache34, [self.cpm3, self.cpm4], t))
+            b, u = bu[:, :w2], bu[:, w2:]
+        else:
+            a = F.relu(self.cpm1(x))
+            t = F.relu(self.cpm2(x))
+            b = F.relu(self.cpm3(t))
+            u = F.relu(self.cpm4(t))
+        c = F.relu(self.cpm5(u))
+        return torch.cat([a, b, c], 1)
