@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../match_anchors.h"
@@ -37,14 +38,34 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
   // Anchor corners and areas, structure of arrays, computed like
   // reference.anchors_to_corners (cx - w / 2, ...).
   std::vector<acc_t> ax1(A), ay1(A), ax2(A), ay2(A), aarea(A);
-  at::parallel_for(0, A, 8192, [&](int64_t begin, int64_t end) {
-    for (int64_t a = begin; a < end; ++a) {
-      const acc_t cx = anc[4 * a], cy = anc[4 * a + 1], w = anc[4 * a + 2], h = anc[4 * a + 3];
-      ax1[a] = cx - w / 2;
-      ay1[a] = cy - h / 2;
-      ax2[a] = cx + w / 2;
-      ay2[a] = cy + h / 2;
-      aarea[a] = (ax2[a] - ax1[a]) * (ay2[a] - ay1[a]);
+  // Per block: the anchors' bounding box and smallest area. Anchors are
+  // ordered level, row, column, so a block covers a narrow strip and most
+  // ground truths miss it entirely.
+  std::vector<acc_t> blk_x1(num_blocks), blk_y1(num_blocks), blk_x2(num_blocks), blk_y2(num_blocks),
+      blk_min_area(num_blocks);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      acc_t bx1 = std::numeric_limits<acc_t>::infinity(), by1 = bx1, min_area = bx1;
+      acc_t bx2 = -bx1, by2 = -bx1;
+      for (int64_t a = blk * kBlock; a < std::min(A, (blk + 1) * kBlock); ++a) {
+        const acc_t cx = anc[4 * a], cy = anc[4 * a + 1], w = anc[4 * a + 2], h = anc[4 * a + 3];
+        ax1[a] = cx - w / 2;
+        ay1[a] = cy - h / 2;
+        ax2[a] = cx + w / 2;
+        ay2[a] = cy + h / 2;
+        aarea[a] = (ax2[a] - ax1[a]) * (ay2[a] - ay1[a]);
+        bx1 = std::min(bx1, ax1[a]);
+        by1 = std::min(by1, ay1[a]);
+        bx2 = std::max(bx2, ax2[a]);
+        by2 = std::max(by2, ay2[a]);
+        // NaN areas must disable the shortcut below.
+        min_area = aarea[a] > 0 ? std::min(min_area, aarea[a]) : acc_t(0);
+      }
+      blk_x1[blk] = bx1;
+      blk_y1[blk] = by1;
+      blk_x2[blk] = bx2;
+      blk_y2[blk] = by2;
+      blk_min_area[blk] = min_area;
     }
   });
 
@@ -62,9 +83,13 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
       const int64_t a0 = blk * kBlock, n = std::min(kBlock, A - a0);
       acc_t* __restrict__ bi = best_iou.data() + b * A + a0;
       int32_t* __restrict__ bg = best_gt.data() + b * A + a0;
+      // With any ground truth, every anchor starts matched to the first one
+      // at IoU 0: exactly what the first ground truth leaves wherever it
+      // does not overlap (IoU is never negative), so misses need no work.
+      const bool any_gt = counts[b] > 0;
       for (int64_t i = 0; i < n; ++i) {
-        bi[i] = acc_t(-1);
-        bg[i] = -1;
+        bi[i] = any_gt ? acc_t(0) : acc_t(-1);
+        bg[i] = any_gt ? 0 : -1;
       }
       const acc_t* __restrict__ x1 = ax1.data() + a0;
       const acc_t* __restrict__ y1 = ay1.data() + a0;
@@ -76,6 +101,16 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
         const scalar_t* gb = gt + (b * G + g) * 4;
         const acc_t gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
         const acc_t garea = (gx2 - gx1) * (gy2 - gy1);
+        const int32_t g32 = static_cast<int32_t>(g);
+        const int64_t slot = (b * num_blocks + blk) * G + g;
+        // A valid ground truth outside the block's bounding box has IoU exactly
+        // 0 with every anchor there, which changes nothing: skip the block.
+        if (garea > 0 && blk_min_area[blk] > 0 &&
+            (gx2 <= blk_x1[blk] || gx1 >= blk_x2[blk] || gy2 <= blk_y1[blk] || gy1 >= blk_y2[blk])) {
+          blk_iou[slot] = acc_t(0);
+          blk_anchor[slot] = a0;
+          continue;
+        }
         for (int64_t i = 0; i < n; ++i) {
           acc_t w = std::min(gx2, x2[i]) - std::max(gx1, x1[i]);
           acc_t h = std::min(gy2, y2[i]) - std::max(gy1, y1[i]);
@@ -85,7 +120,6 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
           r[i] = inter / (garea + ar[i] - inter);
         }
         // Strict '>' keeps the lowest ground-truth index on ties.
-        const int32_t g32 = static_cast<int32_t>(g);
         for (int64_t i = 0; i < n; ++i) {
           const bool take = r[i] > bi[i];
           bi[i] = take ? r[i] : bi[i];
@@ -100,7 +134,6 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
             break;
           }
         }
-        const int64_t slot = (b * num_blocks + blk) * G + g;
         blk_iou[slot] = m;
         blk_anchor[slot] = arg < 0 ? -1 : a0 + arg;
       }
@@ -167,9 +200,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> match_anchors_cpu(const at::Tenso
                                                                  double v1) {
   check_match_inputs(anchors, gt_boxes, gt_counts, iou_threshold, ignore_threshold, v0, v1);
   const int64_t B = gt_boxes.size(0), G = gt_boxes.size(1), A = anchors.size(0);
-  auto labels = at::zeros({B, A}, gt_boxes.options().dtype(at::kLong));
-  auto matched = at::full({B, A}, -1, gt_boxes.options().dtype(at::kLong));
-  auto targets = at::zeros({B, A, 4}, gt_boxes.options());
+  // Phase 3 writes every element.
+  auto labels = at::empty({B, A}, gt_boxes.options().dtype(at::kLong));
+  auto matched = at::empty({B, A}, gt_boxes.options().dtype(at::kLong));
+  auto targets = at::empty({B, A, 4}, gt_boxes.options());
   if (B == 0 || A == 0) return {labels, matched, targets};
   auto counts_t = gt_counts.to(at::kLong).contiguous();
   std::vector<int64_t> counts(B);

@@ -35,6 +35,10 @@ std::vector<Tap<acc_t>> make_taps(int64_t in_size, int64_t out_size, bool align_
   return taps;
 }
 
+// Separable: each upper row is first interpolated horizontally to W columns
+// (h x W buffer), then every output row blends two of those rows and
+// multiplies by the lateral row in one contiguous, vectorisable loop. The
+// results equal F.interpolate's to float rounding (about 1e-7 relative).
 template <typename scalar_t>
 void forward_impl(const scalar_t* up, const scalar_t* lat, scalar_t* out, int64_t planes, int64_t h, int64_t w,
                   int64_t H, int64_t W, bool align_corners, bool relu) {
@@ -42,21 +46,33 @@ void forward_impl(const scalar_t* up, const scalar_t* lat, scalar_t* out, int64_
   const auto ty = make_taps<acc_t>(h, H, align_corners);
   const auto tx = make_taps<acc_t>(w, W, align_corners);
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> rows(h * W);
     for (int64_t p = begin; p < end; ++p) {
       const scalar_t* u = up + p * h * w;
+      for (int64_t k = 0; k < h; ++k) {
+        const scalar_t* src = u + k * w;
+        acc_t* dst = rows.data() + k * W;
+        for (int64_t x = 0; x < W; ++x) {
+          const auto& s = tx[x];
+          dst[x] = acc_t(src[s.i0]) * s.w0 + acc_t(src[s.i1]) * s.w1;
+        }
+      }
       const scalar_t* l = lat + p * H * W;
       scalar_t* o = out + p * H * W;
       for (int64_t y = 0; y < H; ++y) {
         const auto& t = ty[y];
-        const scalar_t* r0 = u + t.i0 * w;
-        const scalar_t* r1 = u + t.i1 * w;
-        for (int64_t x = 0; x < W; ++x) {
-          const auto& s = tx[x];
-          const acc_t v = t.w0 * (s.w0 * acc_t(r0[s.i0]) + s.w1 * acc_t(r0[s.i1])) +
-                          t.w1 * (s.w0 * acc_t(r1[s.i0]) + s.w1 * acc_t(r1[s.i1]));
-          acc_t prod = v * acc_t(l[y * W + x]);
-          if (relu) prod = prod > 0 ? prod : acc_t(0);
-          o[y * W + x] = static_cast<scalar_t>(prod);
+        const acc_t* __restrict__ r0 = rows.data() + t.i0 * W;
+        const acc_t* __restrict__ r1 = rows.data() + t.i1 * W;
+        const scalar_t* __restrict__ lr = l + y * W;
+        scalar_t* __restrict__ orow = o + y * W;
+        const acc_t w0 = t.w0, w1 = t.w1;
+        if (relu) {
+          for (int64_t x = 0; x < W; ++x) {
+            const acc_t prod = (r0[x] * w0 + r1[x] * w1) * acc_t(lr[x]);
+            orow[x] = static_cast<scalar_t>(prod > 0 ? prod : acc_t(0));
+          }
+        } else {
+          for (int64_t x = 0; x < W; ++x) orow[x] = static_cast<scalar_t>((r0[x] * w0 + r1[x] * w1) * acc_t(lr[x]));
         }
       }
     }
