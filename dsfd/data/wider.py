@@ -1,0 +1,395 @@
+"""WIDER FACE training / validation reader (official folder layout).
+
+Layout (as released; ``root`` defaults to :func:`dsfd.data_paths.wider_root`)::
+
+    <root>/WIDER_train/images/<event>/<name>.jpg
+    <root>/WIDER_val/images/<event>/<name>.jpg
+    <root>/wider_face_split/wider_face_{train,val}_bbx_gt.txt
+
+The annotation file repeats: an image path line, a count line, then one line
+per box ``x1 y1 w h blur expression illumination invalid occlusion pose``
+(pixels). Images with count 0 are followed by one line of zeros, which is
+skipped (a missing zero line is tolerated too).
+
+Box filtering (every skipped box is counted in :attr:`WiderFaceDataset.stats`):
+
+* at parse time: ``invalid`` flag set (``"invalid"``), ``w <= 0`` or
+  ``h <= 0`` (``"degenerate"``), shorter side ``< min_face`` (``"small"``),
+  unparsable lines (``"malformed"``);
+* at load time, when the image size is known: boxes are clipped to the image
+  and dropped when nothing is left (``"outside"``; counted once per image by
+  the process that loaded it).
+
+Bad images: a missing, empty, undecodable or truncated file (a JPEG whose
+entropy-coded data has no end-of-image marker after its last scan) is logged
+once, recorded in :attr:`WiderFaceDataset.bad_images` (path -> reason) and
+skipped: ``dataset[i]`` then returns the next loadable image
+``i + 1, i + 2, ...`` (wrapping around), deterministically, with the random
+stream of the *requested* index. ``meta["index"]`` tells which image was
+used. Only when no image at all can be loaded is an error raised. Bad images
+found in DataLoader workers are recorded in the workers' copies;
+:meth:`WiderFaceDataset.verify_images` checks every file up front in the
+calling process.
+
+Pixel conversion to 8-bit BGR (:func:`to_bgr8`): grayscale is replicated to
+three channels, the alpha channel of BGRA / gray+alpha images is dropped
+(no compositing), 16-bit values are mapped with ``round(v / 257)``
+(65535 -> 255), float images are taken as ``[0, 1]`` and mapped with
+``round(clip(v, 0, 1) * 255)``. EXIF orientation is ignored: the annotations
+refer to the stored pixel grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..data_paths import wider_root
+
+__all__ = [
+    "WiderFaceDataset",
+    "WiderAnnotation",
+    "parse_wider_annotations",
+    "read_image_bgr8",
+    "to_bgr8",
+    "sample_rng",
+    "EpochRandomSampler",
+    "worker_init_fn",
+]
+
+log = logging.getLogger(__name__)
+
+_SPLITS = ("train", "val")
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Independent generator for one sample, a function of ``(seed, epoch, index)`` only.
+
+    Because it does not depend on the process or on the order in which
+    samples are drawn, augmentation is the same for any number of
+    DataLoader workers.
+    """
+    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
+
+
+class WiderAnnotation:
+    """One image of the annotation file: relative path and kept boxes."""
+
+    __slots__ = ("path", "boxes")
+
+    def __init__(self, path: str, boxes: np.ndarray) -> None:
+        self.path = path
+        #: ``float32 [K, 4]`` corner pixels ``x1, y1, x1 + w, y1 + h``.
+        self.boxes = boxes
+
+    def __repr__(self) -> str:
+        return f"WiderAnnotation({self.path!r}, {len(self.boxes)} boxes)"
+
+
+def _looks_like_path(line: str) -> bool:
+    s = line.strip()
+    return "/" in s or s.lower().endswith((".jpg", ".jpeg", ".png", ".bmp"))
+
+
+def parse_wider_annotations(
+    gt_file: Union[str, os.PathLike], min_face: float = 1.0
+) -> Tuple[List[WiderAnnotation], Dict[str, int]]:
+    """Parses ``wider_face_*_bbx_gt.txt``.
+
+    Returns the images (in file order) with their kept boxes, and counters
+    ``images, boxes_read, kept, invalid, degenerate, small, malformed``.
+    """
+    with open(gt_file, "r", encoding="utf-8") as f:
+        lines = [ln.strip() for ln in f]
+    stats = dict(images=0, boxes_read=0, kept=0, invalid=0, degenerate=0, small=0, malformed=0)
+    out: List[WiderAnnotation] = []
+    i, n = 0, len(lines)
+    while i < n:
+        path = lines[i]
+        i += 1
+        if not path:
+            continue
+        try:
+            count = int(lines[i]) if i < n else 0
+            i += 1
+        except ValueError:
+            raise ValueError(f"{gt_file}:{i + 1}: expected a box count after {path!r}, got {lines[i]!r}")
+        if count == 0:  # one line of zeros follows (tolerate its absence)
+            if i < n and lines[i] and not _looks_like_path(lines[i]):
+                i += 1
+            rows: List[str] = []
+        else:
+            rows = lines[i:i + count]
+            i += count
+        stats["images"] += 1
+        stats["boxes_read"] += len(rows)
+        table = np.zeros((len(rows), 10), dtype=np.float64)
+        ok = np.ones(len(rows), dtype=bool)
+        for r, row in enumerate(rows):
+            parts = row.split()
+            try:
+                vals = [float(v) for v in parts[:10]]
+            except ValueError:
+                vals = []
+            if len(vals) < 4 or _looks_like_path(row):
+                ok[r] = False
+                continue
+            table[r, :len(vals)] = vals
+        stats["malformed"] += int((~ok).sum())
+        x, y, w, h, invalid = table[:, 0], table[:, 1], table[:, 2], table[:, 3], table[:, 7]
+        is_invalid = ok & (invalid != 0)
+        is_degenerate = ok & ~is_invalid & ((w <= 0) | (h <= 0) | ~np.isfinite(table[:, :4]).all(1))
+        is_small = ok & ~is_invalid & ~is_degenerate & (np.minimum(w, h) < min_face)
+        keep = ok & ~is_invalid & ~is_degenerate & ~is_small
+        stats["invalid"] += int(is_invalid.sum())
+        stats["degenerate"] += int(is_degenerate.sum())
+        stats["small"] += int(is_small.sum())
+        stats["kept"] += int(keep.sum())
+        boxes = np.stack([x, y, x + w, y + h], 1)[keep].astype(np.float32).reshape(-1, 4)
+        out.append(WiderAnnotation(path, boxes))
+    return out, stats
+
+
+def to_bgr8(image: np.ndarray) -> np.ndarray:
+    """Any decoded image -> ``uint8 [H, W, 3]`` BGR (rules in the module docstring)."""
+    img = image
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype != np.uint8:
+        if img.dtype in (np.uint16, np.int16, np.int32, np.uint32):
+            v = np.clip(img.astype(np.int64), 0, 65535)
+            img = ((v * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
+        elif np.issubdtype(img.dtype, np.floating):
+            img = np.rint(np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif img.dtype == np.int8:
+            img = np.clip(img, 0, 127).astype(np.uint8) * 2
+        else:
+            raise ValueError(f"unsupported image dtype {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim != 3:
+        raise ValueError(f"unsupported image shape {image.shape}")
+    c = img.shape[2]
+    if c == 3:
+        return np.ascontiguousarray(img)
+    if c == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if c == 2:  # gray + alpha
+        return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2BGR)
+    raise ValueError(f"unsupported number of channels {c}")
+
+
+def _jpeg_truncated(buf: bytes) -> bool:
+    # Inside entropy-coded data 0xFF is always followed by 0x00 or RSTn, so an
+    # end-of-image marker (FFD9) must follow the last start-of-scan (FFDA).
+    return buf.rfind(b"\xff\xd9") < buf.rfind(b"\xff\xda")
+
+
+def read_image_bgr8(path: Union[str, os.PathLike]) -> Tuple[Optional[np.ndarray], str]:
+    """Reads an image as ``uint8`` BGR; returns ``(image, "")`` or ``(None, reason)``."""
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        return None, f"cannot read ({e.strerror or e})"
+    if not buf:
+        return None, "empty file"
+    if buf[:2] == b"\xff\xd8" and _jpeg_truncated(buf):
+        return None, "truncated JPEG (no end-of-image marker)"
+    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        return None, "cannot decode"
+    try:
+        return to_bgr8(img), ""
+    except ValueError as e:
+        return None, str(e)
+
+
+ImageTransform = Callable[..., Tuple[Any, Any]]
+
+
+class WiderFaceDataset(Dataset):
+    """WIDER FACE images with their face boxes.
+
+    Args:
+        root: data set folder (default :func:`dsfd.data_paths.wider_root`).
+        split: ``"train"`` or ``"val"``.
+        transform: ``transform(image_bgr_uint8, boxes_px, rng) -> (image, boxes)``,
+            e.g. :class:`dsfd.data.augment.TrainTransform`; ``None`` returns
+            the raw image and pixel boxes.
+        min_face: boxes whose shorter side is below this many pixels (in the
+            original image) are dropped at parse time.
+        seed: base seed of the per-sample generators
+            (:func:`sample_rng` of ``(seed, epoch, index)``).
+
+    Item ``i`` (or ``(i, epoch)``, see :class:`EpochRandomSampler`) is
+    ``(image, boxes, meta)``: without a transform ``uint8 [H, W, 3]`` BGR and
+    ``float32 [K, 4]`` corner pixels; with one, whatever it returns
+    (``float32 [3, S, S]`` tensor and normalised boxes for the provided
+    transforms). ``meta`` has ``path``, ``name`` (``event/file`` without
+    extension), ``index`` (the image used), ``requested_index``, ``orig_size``
+    ``(H, W)``.
+    """
+
+    def __init__(
+        self,
+        root: Optional[Union[str, os.PathLike]] = None,
+        split: str = "train",
+        transform: Optional[ImageTransform] = None,
+        min_face: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+        self.root = Path(root) if root is not None else wider_root()
+        self.split = split
+        self.transform = transform
+        self.min_face = float(min_face)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.image_dir = self.root / f"WIDER_{split}" / "images"
+        gt_file = self.root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+        if not gt_file.is_file():
+            raise FileNotFoundError(
+                f"WIDER FACE annotations not found: {gt_file} (set DSFD_WIDER_ROOT to the data set folder)"
+            )
+        self.annotations, self._parse_stats = parse_wider_annotations(gt_file, self.min_face)
+        if not self.annotations:
+            raise ValueError(f"no images listed in {gt_file}")
+        #: Images that could not be loaded: path -> reason (this process only).
+        self.bad_images: Dict[str, str] = {}
+        self._outside: Dict[int, int] = {}
+        s = self._parse_stats
+        log.info(
+            "WIDER FACE %s: %d images, %d boxes read, %d kept; skipped %d invalid-flagged, "
+            "%d degenerate (w or h <= 0), %d smaller than %g px, %d malformed lines",
+            split, s["images"], s["boxes_read"], s["kept"], s["invalid"], s["degenerate"],
+            s["small"], self.min_face, s["malformed"],
+        )
+
+    # -- bookkeeping ---------------------------------------------------------
+    @property
+    def stats(self) -> Dict[str, int]:
+        """Counters: parse-time ones plus ``outside`` and ``bad_images`` (this process)."""
+        d = dict(self._parse_stats)
+        d["outside"] = sum(self._outside.values())
+        d["bad_images"] = len(self.bad_images)
+        return d
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for the random streams of plain integer indices.
+
+        DataLoader workers get a copy of the dataset when an iterator is
+        created, so call this before iterating (with ``persistent_workers``
+        use :class:`EpochRandomSampler`, which passes the epoch in the index).
+        """
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.annotations[index].path
+
+    def _mark_bad(self, path: str, reason: str) -> None:
+        if path not in self.bad_images:
+            self.bad_images[path] = reason
+            log.warning("skipping unreadable image %s: %s", path, reason)
+
+    def load(self, index: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """The image (uint8 BGR) and its boxes clipped to it, or ``None`` for a bad image."""
+        ann = self.annotations[index]
+        path = str(self.image_dir / ann.path)
+        if path in self.bad_images:
+            return None
+        img, reason = read_image_bgr8(path)
+        if img is None:
+            self._mark_bad(path, reason)
+            return None
+        h, w = img.shape[:2]
+        b = ann.boxes.copy()
+        np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
+        np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        self._outside[index] = int((~keep).sum())
+        return img, b[keep]
+
+    def verify_images(self) -> Dict[str, str]:
+        """Loads every image once in this process; returns (and records) the bad ones."""
+        for i in range(len(self)):
+            self.load(i)
+        return dict(self.bad_images)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Tuple[Any, Any, Dict[str, Any]]:
+        if isinstance(item, (tuple, list)):
+            index, epoch = int(item[0]), int(item[1])
+        else:
+            index, epoch = int(item), self.epoch
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        index %= n
+        for k in range(n):
+            j = (index + k) % n
+            loaded = self.load(j)
+            if loaded is not None:
+                break
+        else:
+            raise RuntimeError(f"no loadable image in {self.image_dir} ({len(self.bad_images)} bad)")
+        img, boxes = loaded
+        ann = self.annotations[j]
+        meta: Dict[str, Any] = {
+            "path": str(self.image_dir / ann.path),
+            "name": os.path.splitext(ann.path)[0],
+            "index": j,
+            "requested_index": index,
+            "orig_size": (int(img.shape[0]), int(img.shape[1])),
+        }
+        if self.transform is None:
+            return img, boxes, meta
+        rng = sample_rng(self.seed, epoch, index)
+        image_t, boxes_t = self.transform(img, boxes, rng)
+        return image_t, boxes_t, meta
+
+
+class EpochRandomSampler(Sampler):
+    """Shuffles ``range(n)`` per epoch and yields ``(index, epoch)`` pairs.
+
+    The permutation depends on ``(seed, epoch)`` only, and the epoch travels
+    with each index to :meth:`WiderFaceDataset.__getitem__`, so augmentation
+    is reproducible even with ``persistent_workers=True``. Call
+    :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, 0x5A5]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        epoch = self.epoch
+        return iter([(int(i), epoch) for i in order])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker (avoids oversubscription)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
