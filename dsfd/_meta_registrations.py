@@ -61,6 +61,13 @@ if _has_ops():
             boxes.new_empty((B,), dtype=torch.int64),
         )
 
+    @torch.library.register_fake("dsfd::box_voting")
+    def _box_voting_fake(boxes, scores, iou_threshold=0.3, max_keep=750):
+        _check_boxes(boxes, 2, "boxes", "dsfd::box_voting")
+        torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "dsfd::box_voting: scores must be [N]")
+        num_groups = torch.library.get_ctx().new_dynamic_size()
+        return boxes.new_empty((num_groups, 4)), scores.new_empty((num_groups,))
+
     @torch.library.register_fake("dsfd::match_anchors")
     def _match_fake(anchors, gt_boxes, gt_counts, iou_threshold=0.4, ignore_threshold=None, variance_xy=0.1, variance_wh=0.2):
         _check_boxes(anchors, 2, "anchors", "dsfd::match_anchors")

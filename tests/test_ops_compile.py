@@ -38,9 +38,11 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_opcheck_nms_dynamic_shape():
+def test_opcheck_dynamic_shapes():
     g = torch.Generator().manual_seed(1)
-    torch.library.opcheck(torch.ops.dsfd.nms.default, (random_boxes(30, generator=g), torch.rand(30, generator=g), 0.5))
+    boxes, scores = random_boxes(30, generator=g), torch.rand(30, generator=g)
+    torch.library.opcheck(torch.ops.dsfd.nms.default, (boxes, scores, 0.5))
+    torch.library.opcheck(torch.ops.dsfd.box_voting.default, (boxes, scores, 0.3, 750))
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ Every op has a plain-PyTorch reference with the same semantics in
 """
 
 from . import reference
-from .boxes import batched_nms, box_iou, decode_boxes, encode_boxes, nms
+from .boxes import batched_nms, box_iou, box_voting, decode_boxes, encode_boxes, nms
 from .fem import upsample_mul
 from .matching import hard_negative_mask, match_anchors
 
@@ -15,6 +15,7 @@ __all__ = [
     "decode_boxes",
     "nms",
     "batched_nms",
+    "box_voting",
     "match_anchors",
     "hard_negative_mask",
     "upsample_mul",

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..extension import _assert_has_ops
 
-__all__ = ["box_iou", "encode_boxes", "decode_boxes", "nms", "batched_nms"]
+__all__ = ["box_iou", "encode_boxes", "decode_boxes", "nms", "batched_nms", "box_voting"]
 
 
 def _check_variances(variances: Tuple[float, float]) -> Tuple[float, float]:
@@ -132,3 +132,27 @@ def batched_nms(
     if return_indices:
         return out_boxes, out_scores, counts, out_idx
     return out_boxes, out_scores, counts
+
+
+def box_voting(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, max_keep: int = 750) -> Tuple[Tensor, Tensor]:
+    """Merges (multi-scale) detections by the released DSFD code's box voting.
+
+    Repeatedly takes the highest-scoring remaining box (ties: lower index);
+    every remaining box with IoU ``>= iou_threshold`` to it (inclusive-pixel
+    IoU, ``w = x2 - x1 + 1``, as in the released code) joins its group and is
+    removed. A group of one box is dropped (no partner, no vote); otherwise
+    the output box is the score-weighted mean of the group's coordinates and
+    its score the group's maximum. NaN scores are ignored. Unlike the released
+    code, an input with no boxes (or no groups) returns empty tensors.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` pixel boxes ``x1, y1, x2, y2``.
+        scores: ``Tensor[N]`` (same dtype).
+        iou_threshold: group threshold (0.3 in DSFD).
+        max_keep: at most this many merged boxes (750 in DSFD).
+
+    Returns:
+        ``(boxes[K, 4], scores[K])`` in decreasing order of each group's top score.
+    """
+    _assert_has_ops()
+    return torch.ops.dsfd.box_voting(boxes, scores, float(iou_threshold), int(max_keep))

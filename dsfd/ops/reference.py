@@ -61,8 +61,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
-    """SSD encoding of corner boxes ``gt`` against ``cx,cy,w,h`` anchors (broadcasting)."""
-    g, a = _acc(gt), _acc(anchors)
+    """SSD encoding of corner boxes ``gt`` against ``cx,cy,w,h`` anchors (broadcasting).
+
+    Anchors are used in ``gt``'s math precision (float32 for half inputs).
+    """
+    g = _acc(gt)
+    a = anchors.to(g.dtype)
     g_c = (g[..., :2] + g[..., 2:]) / 2
     g_wh = g[..., 2:] - g[..., :2]
     t_xy = (g_c - a[..., :2]) / (variances[0] * a[..., 2:])
@@ -75,7 +79,8 @@ def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float]
 
     As in the released DSFD code: ``x1 = c - w / 2`` and then ``x2 = x1 + w``.
     """
-    d, a = _acc(deltas), _acc(anchors)
+    d = _acc(deltas)
+    a = anchors.to(d.dtype)
     c = a[..., :2] + d[..., :2] * variances[0] * a[..., 2:]
     wh = a[..., 2:] * torch.exp(d[..., 2:] * variances[1])
     xy1 = c - wh / 2
@@ -174,7 +179,9 @@ def match_anchors(
     labels = torch.zeros(B, A, dtype=torch.long, device=dev)
     matched = torch.full((B, A), -1, dtype=torch.long, device=dev)
     targets = torch.zeros(B, A, 4, dtype=gt_boxes.dtype, device=dev)
-    a_corners = anchors_to_corners(_acc(anchors))
+    math_dtype = _acc(gt_boxes).dtype
+    anchors = anchors.to(math_dtype)
+    a_corners = anchors_to_corners(anchors)
     for b in range(B):
         g = int(gt_counts[b])
         if g == 0:
@@ -193,7 +200,7 @@ def match_anchors(
             lab[(best_gt_iou >= ignore_threshold) & ~pos] = -1
         labels[b] = lab
         matched[b, pos] = best_gt[pos]
-        enc = encode_boxes(gt[best_gt[pos]], _acc(anchors)[pos], variances)
+        enc = encode_boxes(gt[best_gt[pos]], anchors[pos], variances)
         targets[b, pos] = enc.to(targets.dtype)
     return labels, matched, targets
 
@@ -242,6 +249,8 @@ def box_voting(
     the output box is the score-weighted mean of the group's coordinates and
     its score the group's maximum. At most ``max_keep`` boxes are returned.
     """
+    valid = ~torch.isnan(scores)  # NaN scores take part in nothing
+    boxes, scores = boxes[valid], scores[valid]
     if boxes.numel() == 0:
         return boxes.new_zeros(0, 4), scores.new_zeros(0)
     order = torch.sort(_acc(scores), descending=True, stable=True).indices
@@ -260,8 +269,8 @@ def box_voting(
         idx = torch.nonzero(group).flatten()
         if idx.numel() <= 1:
             continue
-        w = s[idx]
-        out_b.append((b[idx] * w[:, None]).sum(0) / w.sum())
+        w = s[idx].double()
+        out_b.append((b[idx].double() * w[:, None]).sum(0) / w.sum())
         out_s.append(w.max())
     if not out_b:
         return boxes.new_zeros(0, 4), scores.new_zeros(0)
