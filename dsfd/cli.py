@@ -12,9 +12,11 @@ import importlib
 import sys
 from typing import List, Optional
 
-# (subcommand module, one-line help); modules are imported only when present.
+# Subcommand modules; one that is not installed is left out of the parser.
 _SUBCOMMANDS = [
     "dsfd.evaluation.cli",
+    "dsfd.training.cli",
+    "dsfd.inference.cli",
 ]
 
 
@@ -26,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
+                continue  # that subcommand's package is not part of this install
             raise
         module.add_parser(sub)
     return parser

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cub/block/block_reduce.cuh>
+#include <math_constants.h>
 
 #include "../box_voting.h"
 #include "cuda_helpers.h"
@@ -44,7 +45,7 @@ __global__ void __launch_bounds__(kVoteThreads)
     if (!alive[i]) continue;  // written by this block before the last barrier
     const acc_t ix1 = boxes[4 * i], iy1 = boxes[4 * i + 1], ix2 = boxes[4 * i + 2] + 1, iy2 = boxes[4 * i + 3] + 1;
     const acc_t iarea = (ix2 - ix1) * (iy2 - iy1);
-    VoteSums local{0, 0, 0, 0, 0, 0, 0};
+    VoteSums local{0, 0, 0, 0, 0, -CUDART_INF, 0};  // scores may be negative
     for (int64_t j = i + threadIdx.x; j < m; j += blockDim.x) {
       if (!alive[j]) continue;
       if (j != i) {
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(kVoteThreads)
       local.x2 += w * boxes[4 * j + 2];
       local.y2 += w * boxes[4 * j + 3];
       local.w += w;
-      local.best = local.count == 0 || w > local.best ? w : local.best;
+      local.best = w > local.best ? w : local.best;
       local.count += 1;
     }
     const VoteSums total = Reduce(temp).Reduce(local, VoteSumOp());
