@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+# torch.utils.benchmark imports cpp_extension, which warns when it has to guess CUDA_HOME.
+if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 import torch
 import torch.utils.benchmark as tbench
 

@@ -169,25 +169,30 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
   int64_t* lab = labels.data_ptr<int64_t>();
   int64_t* mg = matched.data_ptr<int64_t>();
   scalar_t* tg = targets.data_ptr<scalar_t>();
-  at::parallel_for(0, B * A, 8192, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / A, a = r % A;
-      const acc_t iou = best_iou[r];
-      if (iou >= pos_thr && best_gt[r] >= 0) {
-        const int64_t g = best_gt[r];
-        const scalar_t* gb = gt + (b * G + g) * 4;
-        const acc_t gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
-        const acc_t acx = anc[4 * a], acy = anc[4 * a + 1], aw = anc[4 * a + 2], ah = anc[4 * a + 3];
-        lab[r] = 1;
-        mg[r] = g;
-        tg[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - acx) / (var_xy * aw));
-        tg[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - acy) / (var_xy * ah));
-        tg[4 * r + 2] = static_cast<scalar_t>(std::log((gx2 - gx1) / aw) / var_wh);
-        tg[4 * r + 3] = static_cast<scalar_t>(std::log((gy2 - gy1) / ah) / var_wh);
-      } else {
-        lab[r] = (has_ignore && iou >= ign_thr && best_gt[r] >= 0) ? -1 : 0;
-        mg[r] = -1;
-        for (int c = 0; c < 4; ++c) tg[4 * r + c] = scalar_t(0);
+  // Same (image, block) tasks as phase 1: no per-anchor index division.
+  at::parallel_for(0, B * num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / num_blocks, a0 = (task % num_blocks) * kBlock;
+      const int64_t a1 = std::min(A, a0 + kBlock);
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t r = b * A + a;
+        const acc_t iou = best_iou[r];
+        if (iou >= pos_thr && best_gt[r] >= 0) {
+          const int64_t g = best_gt[r];
+          const scalar_t* gb = gt + (b * G + g) * 4;
+          const acc_t gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
+          const acc_t acx = anc[4 * a], acy = anc[4 * a + 1], aw = anc[4 * a + 2], ah = anc[4 * a + 3];
+          lab[r] = 1;
+          mg[r] = g;
+          tg[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - acx) / (var_xy * aw));
+          tg[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - acy) / (var_xy * ah));
+          tg[4 * r + 2] = static_cast<scalar_t>(std::log((gx2 - gx1) / aw) / var_wh);
+          tg[4 * r + 3] = static_cast<scalar_t>(std::log((gy2 - gy1) / ah) / var_wh);
+        } else {
+          lab[r] = (has_ignore && iou >= ign_thr && best_gt[r] >= 0) ? -1 : 0;
+          mg[r] = -1;
+          for (int c = 0; c < 4; ++c) tg[4 * r + c] = scalar_t(0);
+        }
       }
     }
   });
