@@ -1,0 +1,190 @@
+"""Training configuration and the learning-rate schedule.
+
+The defaults are the paper's schedule (spec section 4): SGD with momentum 0.9,
+weight decay 5e-4, a global batch of 16, lr 1e-3 for 40k iterations, then
+1e-4 and 1e-5 for 10k iterations each. Here the two x0.1 steps are placed at
+4/6 and 5/6 of ``iters`` (the paper's 40k / 50k of 60k), so any ``iters``
+keeps the paper's proportions; ``lr_steps`` overrides them with explicit
+iteration numbers. A linear warm-up (not in the paper; it keeps the first
+iterations of a from-scratch or ImageNet-initialised network stable) ramps
+the factor from ``warmup_factor`` to 1 over ``warmup_iters`` iterations
+(default ``min(500, iters // 10)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["TrainConfig", "WarmupMultiStep", "default_lr_steps", "default_warmup_iters"]
+
+
+def default_lr_steps(iters: int) -> Tuple[int, int]:
+    """The paper's decay points scaled to ``iters``: ``round(4/6 iters)``, ``round(5/6 iters)``."""
+    return (int(round(iters * 4 / 6)), int(round(iters * 5 / 6)))
+
+
+def default_warmup_iters(iters: int) -> int:
+    """``min(500, iters // 10)``: 500 for the paper's 60k iterations, a tenth for short runs."""
+    return int(min(500, iters // 10))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (also stored in checkpoints as ``args``).
+
+    Attributes:
+        data: WIDER FACE root (``None``: :func:`dsfd.data_paths.wider_root`).
+        out: output folder (checkpoints, ``log.jsonl``).
+        network, backbone, width_mult, backbone_weights: model (see
+            :func:`dsfd.models.build_model`); ``backbone="tiny"`` is the
+            narrow ResNet for tests and CPU smoke runs.
+        init_weights: start from these DSFD weights (any file
+            :func:`dsfd.models.load_weights` reads; the architecture must
+            match) instead of a fresh initialisation - fine-tuning, not a
+            resume (optimizer, schedule and data start from scratch).
+        batch_size: **global** batch (all ranks together); each of the
+            ``world_size`` ranks gets ``batch_size // world_size`` images, so
+            the schedule does not depend on the number of GPUs.
+        iters: total optimizer steps.
+        lr, momentum, weight_decay: SGD (weight decay on every parameter, as
+            in the reference implementations).
+        lr_steps: iterations at which the lr is multiplied by ``lr_gamma``
+            (default 4/6 and 5/6 of ``iters``).
+        warmup_iters, warmup_factor: linear warm-up from
+            ``warmup_factor * lr`` (default ``min(500, iters // 10)`` iterations).
+        size: square training input side (640).
+        augment: ``"full"`` (:class:`dsfd.data.TrainTransform`) or ``"none"``
+            (:class:`dsfd.data.EvalTransform`: the whole image resized to
+            ``size x size``; for overfitting tests).
+        train_images: use only the first N training images (0: all) or an
+            explicit list of indices (tests, smoke runs).
+        min_face: annotation filter (pixels in the original image).
+        workers: DataLoader worker processes per rank.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        amp: ``"auto"`` (bf16 on CUDA, none on CPU), ``"bf16"``, ``"fp16"``
+            (with a GradScaler) or ``"none"``.
+        channels_last: ``None``: on for CUDA, off on CPU.
+        bn: BatchNorm handling: ``"train"`` (batch statistics per rank),
+            ``"frozen"`` (running statistics and affine parameters fixed, the
+            usual choice with ImageNet weights and small per-GPU batches) or
+            ``"sync"`` (SyncBatchNorm across ranks, CUDA only).
+        lambda_: PAL weight of the second shot.
+        val_every: validate every N iterations (0: never); ``val_images``
+            limits the validation images (0: the whole val split).
+        ckpt_every: write ``last.pt`` every N iterations (0: only at the end
+            and on interruption); ``keep_every`` also keeps
+            ``iter_XXXXXXX.pt`` every N iterations.
+        log_every: log / progress-bar update interval (iterations).
+        seed: model initialisation, data order and augmentation.
+        deterministic: deterministic algorithms, no cuDNN benchmark.
+        clip_grad: max gradient norm (0: off).
+        resume: checkpoint path, ``"auto"`` (``<out>/last.pt`` if present) or ``None``.
+        stop_at: stop (saving a checkpoint, as if interrupted) once this
+            iteration is reached; for time-limited jobs and tests.
+        progress: show a tqdm progress bar (rank 0).
+    """
+
+    data: Optional[str] = None
+    out: str = "runs/dsfd"
+    network: str = "paper"
+    backbone: str = "resnet50"
+    width_mult: Optional[float] = None
+    backbone_weights: Optional[str] = None
+    init_weights: Optional[str] = None
+    batch_size: int = 16
+    iters: int = 60_000
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_steps: Optional[List[int]] = None
+    lr_gamma: float = 0.1
+    warmup_iters: Optional[int] = None
+    warmup_factor: float = 0.1
+    size: int = 640
+    augment: str = "full"
+    train_images: Any = 0
+    min_face: float = 1.0
+    workers: int = 4
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: Optional[bool] = None
+    bn: str = "train"
+    lambda_: float = 1.0
+    val_every: int = 2000
+    val_images: int = 0
+    ckpt_every: int = 1000
+    keep_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    clip_grad: float = 0.0
+    resume: Optional[str] = None
+    stop_at: Optional[int] = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        if self.augment not in ("full", "none"):
+            raise ValueError(f"augment must be 'full' or 'none', got {self.augment!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+        if self.bn not in ("train", "frozen", "sync"):
+            raise ValueError(f"bn must be train, frozen or sync, got {self.bn!r}")
+
+    # ------------------------------------------------------------------ derived
+    def resolved_lr_steps(self) -> Tuple[int, ...]:
+        return tuple(int(s) for s in self.lr_steps) if self.lr_steps else default_lr_steps(self.iters)
+
+    def resolved_warmup_iters(self) -> int:
+        return default_warmup_iters(self.iters) if self.warmup_iters is None else int(self.warmup_iters)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain (``torch.load(weights_only=True)``-safe) dict."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+            elif isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class WarmupMultiStep:
+    """lr multiplier: linear warm-up, then ``gamma ** (number of steps passed)``.
+
+    ``factor(i)`` is the multiplier used for optimizer step ``i`` (0-based):
+    ``warmup_factor + (1 - warmup_factor) * i / warmup_iters`` while
+    ``i < warmup_iters`` (times the step decay, which is 1 there unless a
+    step falls inside the warm-up). A picklable object (not a lambda), so
+    ``LambdaLR.state_dict()`` stores its fields.
+    """
+
+    def __init__(self, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 0, warmup_factor: float = 0.1):
+        self.steps = sorted(int(s) for s in steps)
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, i: int) -> float:
+        decay = self.gamma ** sum(1 for s in self.steps if i >= s)
+        if i < self.warmup_iters:
+            a = i / self.warmup_iters
+            return decay * (self.warmup_factor * (1.0 - a) + a)
+        return decay
+
+    def __repr__(self) -> str:
+        return (
+            f"WarmupMultiStep(steps={self.steps}, gamma={self.gamma}, "
+            f"warmup_iters={self.warmup_iters}, warmup_factor={self.warmup_factor})"
+        )

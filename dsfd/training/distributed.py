@@ -1,0 +1,224 @@
+"""Distributed helpers: process-group setup (``torchrun``), data sharding, global loss normalisation.
+
+Launch with ``torchrun --nproc_per_node=G -m dsfd train ...`` (or
+``--nnodes/--node_rank/--rdzv_endpoint`` for several nodes): the trainer
+reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment and
+initialises NCCL on GPUs, gloo on CPU. Only rank 0 writes checkpoints and logs.
+
+Loss normalisation under DDP (see :func:`pal_loss`): DSFD's loss divides the
+summed per-anchor losses ``S`` by the number of positives ``N`` of the
+*batch*. With the global batch split over ``W`` ranks, rank ``r`` only knows
+its own ``S_r`` and ``N_r``. Using ``S_r / N_r`` per rank and letting DDP
+average the gradients would weight each rank's positives differently from
+single-process training. Instead the positive counts (per shot) are
+all-reduced and each rank backpropagates ``W * S_r / max(1, N)``, with
+``N = sum_r N_r``; DDP's gradient *average* then equals the gradient of
+``sum_r S_r / max(1, N)``, i.e. exactly the single-process loss of the
+global batch (hard negative mining is per image, so it is unaffected).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..data import EpochRandomSampler
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "ShardedBatchSampler",
+    "pal_loss",
+    "all_reduce_sum",
+]
+
+
+@dataclass
+class DistInfo:
+    """Rank layout of this process (``world_size == 1``: not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    #: gloo group for small CPU control messages (stop flags) when the main
+    #: backend is NCCL; ``None`` uses the default group.
+    control_group: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group described by ``torchrun``'s environment (or the one already set up).
+
+    Returns a single-process :class:`DistInfo` when ``WORLD_SIZE`` is unset
+    or 1 and no group exists.
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return DistInfo()
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    control = None
+    if dist.get_backend() != "gloo":
+        control = dist.new_group(backend="gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, control_group=control)
+
+
+def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
+    """In-place sum over ranks (no-op when not distributed); returns ``t``."""
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True when ``flag`` is set on any rank (a CPU all-reduce on the control group)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control_group)
+    return bool(t.item())
+
+
+class ShardedBatchSampler:
+    """Endless per-rank batches of ``(index, epoch)`` pairs, resumable at any iteration.
+
+    Epoch ``e`` visits the images in the order of
+    :class:`dsfd.data.EpochRandomSampler` (a function of ``(seed, e)``); it
+    is cut into ``num_images // global_batch`` global batches (the remainder
+    of an epoch is dropped). Global batch ``i`` of the run (iteration ``i``)
+    is ``order[p * B : (p + 1) * B]`` of epoch ``i // batches_per_epoch``
+    with ``p = i % batches_per_epoch``, and rank ``r`` takes the contiguous
+    slice ``[r * b, (r + 1) * b)`` of it (``b = B / W``). The concatenation
+    of the ranks' batches in rank order is therefore exactly the batch a
+    single process with batch ``B`` sees, for any ``W``; and the data
+    position is a function of the iteration only, so resuming needs nothing
+    but the iteration count.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        global_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        start_iteration: int = 0,
+    ) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} is not divisible by the world size {world_size}")
+        if num_images < global_batch:
+            raise ValueError(f"{num_images} training images cannot fill one batch of {global_batch}")
+        self.num_images = int(num_images)
+        self.global_batch = int(global_batch)
+        self.local_batch = self.global_batch // world_size
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.start_iteration = int(start_iteration)
+        self.batches_per_epoch = self.num_images // self.global_batch
+
+    def position(self, iteration: int) -> Tuple[int, int]:
+        """``(epoch, batch_in_epoch)`` of a global iteration."""
+        return divmod(int(iteration), self.batches_per_epoch)
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        s = EpochRandomSampler(self.num_images, seed=self.seed, shuffle=self.shuffle)
+        s.set_epoch(epoch)
+        return [i for i, _ in s]
+
+    def batch(self, iteration: int) -> List[Tuple[int, int]]:
+        """This rank's ``(index, epoch)`` list for a global iteration."""
+        epoch, p = self.position(iteration)
+        order = self.epoch_order(epoch)
+        start = p * self.global_batch + self.rank * self.local_batch
+        return [(i, epoch) for i in order[start:start + self.local_batch]]
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        it = self.start_iteration
+        cached_epoch, order = -1, []
+        while True:
+            epoch, p = self.position(it)
+            if epoch != cached_epoch:
+                cached_epoch, order = epoch, self.epoch_order(epoch)
+            start = p * self.global_batch + self.rank * self.local_batch
+            yield [(i, epoch) for i in order[start:start + self.local_batch]]
+            it += 1
+
+
+def pal_loss(
+    criterion: Any,
+    first: Optional[Sequence[Tensor]],
+    second: Optional[Sequence[Tensor]],
+    gt_boxes: Tensor,
+    gt_counts: Tensor,
+    info: Optional[DistInfo] = None,
+) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """Progressive Anchor Loss normalised by the *global* positive counts.
+
+    Args:
+        criterion: a :class:`dsfd.losses.ProgressiveAnchorLoss` (its
+            ``shot_loss`` and ``lambda_`` are used).
+        first, second: ``(loc, conf, anchors)`` of each shot (``None``: skipped).
+        gt_boxes, gt_counts: this rank's targets.
+        info: rank layout; ``None`` or one process gives exactly
+            ``criterion(first, second, gt_boxes, gt_counts)``.
+
+    Returns:
+        ``(loss to backpropagate, parts)``. ``parts`` (detached) hold this
+        rank's *contributions* to the global loss of the batch:
+        ``{first,second}_loss_{l,c}`` and ``total`` summed over ranks give the
+        single-process values, and ``{first,second}_num_pos`` summed give the
+        global counts (see :func:`all_reduce_sum`).
+    """
+    shots = [(n, s, w) for n, s, w in (("first", first, 1.0), ("second", second, criterion.lambda_)) if s is not None]
+    if not shots:
+        raise ValueError("pal_loss needs at least one shot")
+    outs = [criterion.shot_loss(s[0], s[1], s[2], gt_boxes, gt_counts) for _, s, _ in shots]
+    world = 1 if info is None else info.world_size
+    if world > 1:
+        n_local = torch.stack([o["num_pos"] for o in outs])
+        n_global = n_local.clone()
+        dist.all_reduce(n_global, op=dist.ReduceOp.SUM)
+        # W * S_r / max(1, N) = W * (S_r / max(1, N_r)) * max(1, N_r) / max(1, N)
+        scales = world * n_local.clamp(min=1).float() / n_global.clamp(min=1).float()
+    total: Optional[Tensor] = None
+    parts: Dict[str, Tensor] = {}
+    contrib_total: Optional[Tensor] = None
+    for k, ((name, _, weight), o) in enumerate(zip(shots, outs)):
+        loss_l, loss_c = o["loss_l"], o["loss_c"]
+        if world > 1:
+            loss_l = loss_l * scales[k]
+            loss_c = loss_c * scales[k]
+        term = loss_l + loss_c
+        total = term * weight if total is None else total + term * weight
+        contrib = term.detach() * weight / world
+        contrib_total = contrib if contrib_total is None else contrib_total + contrib
+        parts[f"{name}_loss_l"] = loss_l.detach() / world
+        parts[f"{name}_loss_c"] = loss_c.detach() / world
+        parts[f"{name}_num_pos"] = o["num_pos"].detach()
+    assert total is not None and contrib_total is not None
+    parts["total"] = contrib_total
+    return total, parts

@@ -1,0 +1,651 @@
+"""The DSFD trainer: the paper's schedule, AMP, DDP, atomic checkpoints and exact resume.
+
+One iteration = one optimizer step on a global batch (``TrainConfig.batch_size``
+images over all ranks). Per iteration::
+
+    images, gt_boxes, gt_counts  <- ShardedBatchSampler (data position = f(iteration))
+    out = model(images)                       # train mode: both shots, autocast
+    loss = PAL(out.first, out.second)         # float32, matching/mining on the device,
+                                              # normalised by the global positive counts
+    scaler.scale(loss).backward(); [clip]; scaler.step(sgd); scaler.update(); scheduler.step()
+
+Resuming continues exactly: the checkpoint holds the model, optimizer
+(momentum buffers), scheduler, GradScaler, the iteration and every RNG
+state; the data order and the augmentation are functions of
+``(seed, epoch, index)`` and the iteration (see
+:class:`~dsfd.training.distributed.ShardedBatchSampler` and
+:func:`dsfd.data.sample_rng`), so a run stopped at iteration k and resumed
+gives bit-identical weights to an uninterrupted run (same hardware, same
+number of threads; ``deterministic=True`` on GPUs).
+
+Interruption: SIGINT / SIGTERM only set a flag; the loop notices it at the
+next iteration boundary (all ranks agree through a small all-reduce), writes
+``last.pt`` and returns cleanly. A second SIGINT aborts at once.
+DataLoader workers ignore both signals (their parent decides when they stop).
+
+Validation loss (``val_every``): the model in **eval mode** (BatchNorm
+running statistics, no augmentation: each val image resized to
+``size x size``), both shots requested explicitly, no gradients; the
+PAL loss is accumulated as dataset-level sums (summed per-anchor losses /
+summed positives over the whole val subset, across ranks). Eval mode avoids
+updating the BatchNorm statistics with val data and measures the network as
+it will be used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import EvalTransform, TrainTransform, WiderFaceDataset, collate_detection, worker_init_fn
+from ..data_paths import wider_root
+from ..losses import ProgressiveAnchorLoss
+from ..models import build_model
+from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
+from .config import TrainConfig, WarmupMultiStep
+from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
+
+__all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
+
+log = logging.getLogger(__name__)
+
+#: Order of the logged loss parts (accumulated as one device tensor).
+LOG_KEYS: Tuple[str, ...] = (
+    "total",
+    "first_loss_l",
+    "first_loss_c",
+    "second_loss_l",
+    "second_loss_c",
+    "first_num_pos",
+    "second_num_pos",
+)
+
+
+class IndexSubset(Dataset):
+    """A subset of a dataset that forwards ``(index, epoch)`` items (unlike ``torch.utils.data.Subset``).
+
+    Item ``i`` (or ``(i, epoch)``) is ``base[indices[i]]`` (or
+    ``base[(indices[i], epoch)]``), so the augmentation stream of an image is
+    the same as in the full dataset.
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Any:
+        if isinstance(item, (tuple, list)):
+            return self.base[(self.indices[int(item[0])], int(item[1]))]
+        return self.base[self.indices[int(item)]]
+
+
+def training_worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: :func:`dsfd.data.worker_init_fn` and ignore SIGINT / SIGTERM.
+
+    Ctrl-C reaches the whole process group; the workers must survive it so
+    the main process can finish its iteration and write the checkpoint.
+    """
+    worker_init_fn(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def fork_safe_iter(loader: DataLoader) -> Iterator[Any]:
+    """``iter(loader)``, quiescing OpenCV's thread pool while the workers are forked.
+
+    A process that has run multi-threaded OpenCV code and then forks
+    DataLoader workers leaves the pool's condition variables "in use" in
+    the children, where the first ``cv2.setNumThreads`` (done by
+    :func:`dsfd.data.worker_init_fn`) or parallel cv2 call then blocks
+    forever. Dropping the parent's pool to one thread before the fork (and
+    restoring it afterwards) avoids that.
+    """
+    if loader.num_workers == 0:
+        return iter(loader)
+    import cv2
+
+    n = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return iter(loader)
+    finally:
+        cv2.setNumThreads(n)
+
+
+class StopSignal:
+    """Context manager: SIGINT / SIGTERM set :attr:`requested` instead of killing the process.
+
+    A second SIGINT raises ``KeyboardInterrupt``. Handlers are only installed
+    from the main thread (elsewhere the flag can still be set by hand) and
+    the previous ones are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: Optional[int] = None
+        self._old: Dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signum = signum
+        log.warning("received %s: saving a checkpoint at the next iteration boundary "
+                    "(press Ctrl-C again to abort without saving)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
+def _resolve_device(cfg: TrainConfig) -> torch.device:
+    dev = cfg.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    d = torch.device(dev)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but no CUDA device is available")
+    return d
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if amp == "none":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device (use bf16 or none on CPU)")
+        return torch.float16
+    return torch.bfloat16
+
+
+class Trainer:
+    """Trains a DSFD model as described by a :class:`TrainConfig`.
+
+    Args:
+        cfg: the run's configuration.
+        train_dataset: overrides the WIDER FACE train split (must accept
+            ``(index, epoch)`` items and return ``(image, boxes, meta)``).
+        val_dataset: overrides the val split (plain integer items); ``None``
+            builds it from ``cfg.data`` when ``cfg.val_every > 0``.
+        info: rank layout; default: from ``torchrun``'s environment (or an
+            already initialised process group).
+        callbacks: called as ``fn(trainer)`` after every iteration (after
+            logging, before validation / checkpoints); e.g. tests raise a
+            stop signal at a chosen iteration.
+
+    ``trainer.train()`` runs to ``cfg.iters`` (or ``cfg.stop_at`` / a stop
+    signal) and returns a summary dict.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_dataset: Optional[Dataset] = None,
+        val_dataset: Optional[Dataset] = None,
+        info: Optional[DistInfo] = None,
+        callbacks: Sequence[Callable[["Trainer"], None]] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        if cfg.deterministic:  # before the first cuBLAS handle is created
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        device = _resolve_device(cfg)
+        self.info = info if info is not None else init_distributed(device.type)
+        if device.type == "cuda" and self.info.distributed:
+            device = torch.device("cuda", self.info.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.device = device
+        self.amp_dtype = _amp_dtype(cfg, device)
+        self.channels_last = device.type == "cuda" if cfg.channels_last is None else bool(cfg.channels_last)
+        if cfg.batch_size % self.info.world_size:
+            raise ValueError(f"batch size {cfg.batch_size} is not divisible by the world size {self.info.world_size}")
+        self.local_batch = cfg.batch_size // self.info.world_size
+        self.out = Path(cfg.out)
+        self.stop = StopSignal()
+        self._det_prev: Optional[Tuple[bool, bool]] = None
+
+        # --- model, identical on every rank (same seed) ----------------------
+        self._seed_everything(cfg.seed)
+        kw: Dict[str, Any] = {}
+        if cfg.width_mult is not None:
+            kw["width_mult"] = cfg.width_mult
+        if cfg.backbone_weights:
+            kw["backbone_weights"] = cfg.backbone_weights
+        model = build_model(cfg.network, cfg.backbone, **kw)
+        if getattr(model, "first_shot_head", None) is None:
+            raise ValueError("training needs the paper's dual-shot network (--network paper)")
+        if cfg.init_weights:
+            from ..models.weights import load_state_dict_checked, load_weights
+
+            src = load_weights(cfg.init_weights, map_location="cpu")
+            load_state_dict_checked(model, src.state_dict(), source=repr(str(cfg.init_weights)))
+            del src
+        self.frozen_bn: List[nn.Module] = []
+        if cfg.bn == "frozen":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+                    self.frozen_bn.append(m)
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cfg.bn == "sync" and self.info.distributed:
+            if device.type != "cuda":
+                raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.criterion = ProgressiveAnchorLoss(lambda_=cfg.lambda_)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.schedule = WarmupMultiStep(
+            cfg.resolved_lr_steps(), cfg.lr_gamma, cfg.resolved_warmup_iters(), cfg.warmup_factor
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.iteration = 0
+        self.resumed_from: Optional[Path] = None
+
+        # --- data -------------------------------------------------------------
+        self.train_dataset = train_dataset if train_dataset is not None else self._build_train_dataset()
+        self.val_dataset = val_dataset
+        if self.val_dataset is None and cfg.val_every > 0:
+            self.val_dataset = self._build_val_dataset()
+        self.sampler_probe = ShardedBatchSampler(
+            len(self.train_dataset), cfg.batch_size, self.info.rank, self.info.world_size, cfg.seed
+        )
+
+        # --- resume (after everything that consumes RNG at construction) -----
+        ckpt_path = resolve_resume(cfg.resume, self.out)
+        if ckpt_path is not None:
+            self._load(ckpt_path)
+
+        if self.info.distributed:
+            ddp_cls = nn.parallel.DistributedDataParallel
+            # frozen BatchNorm: nothing to keep in sync after the initial broadcast
+            sync = cfg.bn != "frozen"
+            sync_kw = ({"forward_sync_buffers": sync}
+                       if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
+                       else {"broadcast_buffers": sync})
+            self.ddp_model: nn.Module = ddp_cls(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+                **sync_kw,
+            )
+        else:
+            self.ddp_model = model
+        self._set_train_mode()
+
+    # ------------------------------------------------------------------ setup helpers
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        torch.manual_seed(seed)
+
+    def _data_root(self) -> Path:
+        return Path(self.cfg.data) if self.cfg.data else wider_root()
+
+    def _build_train_dataset(self) -> Dataset:
+        cfg = self.cfg
+        tf = TrainTransform(size=cfg.size) if cfg.augment == "full" else EvalTransform(size=cfg.size)
+        ds = WiderFaceDataset(self._data_root(), "train", transform=tf, min_face=cfg.min_face, seed=cfg.seed)
+        sel = cfg.train_images
+        if isinstance(sel, (list, tuple)):
+            return IndexSubset(ds, sel)
+        if sel and int(sel) < len(ds):
+            return IndexSubset(ds, range(int(sel)))
+        return ds
+
+    def _build_val_dataset(self) -> Optional[Dataset]:
+        try:
+            return WiderFaceDataset(
+                self._data_root(), "val", transform=EvalTransform(size=self.cfg.size),
+                min_face=self.cfg.min_face, seed=self.cfg.seed,
+            )
+        except FileNotFoundError as e:
+            log.warning("no validation split (%s): validation disabled", e)
+            return None
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen_bn:
+            m.eval()
+
+    def _make_loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        workers = int(self.cfg.workers)
+        return DataLoader(
+            dataset,
+            num_workers=workers,
+            collate_fn=collate_detection,
+            worker_init_fn=training_worker_init_fn if workers else None,
+            pin_memory=self.device.type == "cuda",
+            # own generator: creating loaders never touches the global torch RNG
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+        """The full training state (see :mod:`dsfd.training.checkpoint`)."""
+        epoch, pos = self.sampler_probe.position(self.iteration)
+        ckpt: Dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "config": dict(getattr(self.model, "config", {})),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "iteration": int(self.iteration),
+            "rng": capture_rng_state(),
+            "data": {
+                "epoch": int(epoch),
+                "batch_in_epoch": int(pos),
+                "batches_per_epoch": int(self.sampler_probe.batches_per_epoch),
+                "num_images": int(len(self.train_dataset)),
+                "global_batch": int(self.cfg.batch_size),
+                "seed": int(self.cfg.seed),
+                "world_size": int(self.info.world_size),
+            },
+            "args": self.cfg.to_dict(),
+        }
+        if rng_ranks is not None:
+            ckpt["rng_ranks"] = rng_ranks
+        return ckpt
+
+    def save_checkpoint(self, name: str = "last.pt") -> Optional[Path]:
+        """Collective: every rank calls it; rank 0 writes ``<out>/<name>`` atomically."""
+        rng_ranks = None
+        if self.info.distributed:
+            rng_ranks = [None] * self.info.world_size
+            dist.all_gather_object(rng_ranks, capture_rng_state(), group=self.info.control_group)
+        path = None
+        if self.info.is_main:
+            path = save_atomic(self.state_dict(rng_ranks), self.out / name)
+            self._log({"type": "checkpoint", "iter": self.iteration, "path": str(path)})
+        return path
+
+    def _load(self, path: Path) -> None:
+        from ..models.weights import load_state_dict_checked
+
+        ckpt = load_checkpoint(path, map_location="cpu")
+
+        load_state_dict_checked(self.model, ckpt["model"], source=repr(str(path)))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration = int(ckpt["iteration"])
+        ranks = ckpt.get("rng_ranks")
+        if ranks and len(ranks) == self.info.world_size:
+            restore_rng_state(ranks[self.info.rank])
+        else:
+            restore_rng_state(ckpt["rng"])
+        data = ckpt.get("data", {})
+        now = {"num_images": len(self.train_dataset), "global_batch": self.cfg.batch_size, "seed": self.cfg.seed}
+        changed = {k: (data.get(k), v) for k, v in now.items() if k in data and data[k] != v}
+        if changed:
+            log.warning("resuming %s with different data settings %s (saved, now): the data order differs "
+                        "from the interrupted run", path, changed)
+        self.resumed_from = path
+        if self.info.is_main:
+            log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ steps
+    def _to_device(self, batch: Sequence[Any]) -> Tuple[Tensor, Tensor, Tensor]:
+        images, gt_boxes, gt_counts = batch[0], batch[1], batch[2]
+        nb = self.device.type == "cuda"
+        images = images.to(self.device, non_blocking=nb)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, gt_boxes.to(self.device, non_blocking=nb), gt_counts.to(self.device, non_blocking=nb)
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward_loss(self, batch: Sequence[Any]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Forward both shots and the globally normalised PAL loss of one (per-rank) batch."""
+        images, gt_boxes, gt_counts = self._to_device(batch)
+        with self._autocast():
+            out = self.ddp_model(images)
+        return pal_loss(self.criterion, out.first, out.second, gt_boxes, gt_counts, self.info)
+
+    def train_step(self, batch: Sequence[Any]) -> Dict[str, Tensor]:
+        """One optimizer step; returns the detached loss parts (this rank's contributions)."""
+        loss, parts = self.forward_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return parts
+
+    @torch.no_grad()
+    def validate(self) -> Optional[Dict[str, float]]:
+        """Eval-mode PAL loss over the val subset (dataset-level normalisation, all ranks)."""
+        if self.val_dataset is None:
+            return None
+        n = len(self.val_dataset)
+        if self.cfg.val_images:
+            n = min(n, int(self.cfg.val_images))
+        shard = list(range(self.info.rank, n, self.info.world_size))
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # S_l1, S_c1, S_l2, S_c2, N1, N2
+        self.model.eval()
+        try:
+            if shard:
+                loader = self._make_loader(IndexSubset(self.val_dataset, shard), batch_size=self.local_batch)
+                for batch in fork_safe_iter(loader):
+                    images, gt_boxes, gt_counts = self._to_device(batch)
+                    with self._autocast():
+                        out = self.model(images, shots=(1, 2))
+                    for k, shot in enumerate((out.first, out.second)):
+                        o = self.criterion.shot_loss(shot.loc, shot.conf, shot.anchors, gt_boxes, gt_counts)
+                        d = o["num_pos"].clamp(min=1).double()
+                        sums[2 * k] += o["loss_l"].double() * d
+                        sums[2 * k + 1] += o["loss_c"].double() * d
+                        sums[4 + k] += o["num_pos"].double()
+        finally:
+            self._set_train_mode()
+        all_reduce_sum(sums, self.info)
+        s = sums.tolist()
+        n1, n2 = max(1.0, s[4]), max(1.0, s[5])
+        res = {
+            "first_loss_l": s[0] / n1,
+            "first_loss_c": s[1] / n1,
+            "second_loss_l": s[2] / n2,
+            "second_loss_c": s[3] / n2,
+            "first_num_pos": s[4],
+            "second_num_pos": s[5],
+            "images": n,
+        }
+        res["total"] = res["first_loss_l"] + res["first_loss_c"] + self.criterion.lambda_ * (
+            res["second_loss_l"] + res["second_loss_c"]
+        )
+        return res
+
+    # ------------------------------------------------------------------ main loop
+    def _apply_determinism(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not self.cfg.deterministic
+        if self.cfg.deterministic:
+            self._det_prev = (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled())
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+
+    def _restore_determinism(self) -> None:
+        if self._det_prev is not None:
+            torch.use_deterministic_algorithms(self._det_prev[0], warn_only=self._det_prev[1])
+            self._det_prev = None
+
+    def train(self) -> Dict[str, Any]:
+        """Run to ``cfg.iters`` (or until ``stop_at`` / a stop signal). Returns a summary."""
+        cfg, info = self.cfg, self.info
+        self.stop = StopSignal()
+        self._apply_determinism()
+        start_iter = self.iteration
+        sampler = ShardedBatchSampler(
+            len(self.train_dataset), cfg.batch_size, info.rank, info.world_size, cfg.seed,
+            start_iteration=self.iteration,
+        )
+        self._log({
+            "type": "start", "iter": self.iteration, "args": cfg.to_dict(), "config": dict(self.model.config),
+            "world_size": info.world_size, "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none",
+            "channels_last": self.channels_last, "train_images": len(self.train_dataset),
+            "batches_per_epoch": sampler.batches_per_epoch, "lr_schedule": repr(self.schedule),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        })
+        pbar = None
+        if cfg.progress and info.is_main:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=cfg.iters, initial=self.iteration, dynamic_ncols=True, unit="it", desc="train")
+        acc = torch.zeros(len(LOG_KEYS), dtype=torch.float64, device=self.device)
+        window, data_time = 0, 0.0
+        t_window = time.perf_counter()
+        last_train: Dict[str, float] = {}
+        last_val: Optional[Dict[str, float]] = None
+        reason = "done"
+        loader_iter: Optional[Iterator[Any]] = None
+        try:
+            with self.stop:
+                if self.iteration < cfg.iters:
+                    loader_iter = fork_safe_iter(self._make_loader(self.train_dataset, batch_sampler=sampler))
+                while self.iteration < cfg.iters:
+                    if any_rank(self.stop.requested, info):
+                        reason = "signal"
+                        break
+                    if cfg.stop_at is not None and self.iteration >= cfg.stop_at:
+                        reason = "stop_at"
+                        break
+                    t0 = time.perf_counter()
+                    try:
+                        batch = next(loader_iter)
+                    except Exception:
+                        if any_rank(self.stop.requested, info):  # a dying worker after Ctrl-C
+                            reason = "signal"
+                            break
+                        raise
+                    data_time += time.perf_counter() - t0
+                    parts = self.train_step(batch)
+                    acc += torch.stack([parts[k].double() for k in LOG_KEYS])
+                    self.iteration += 1
+                    window += 1
+                    it = self.iteration
+                    if it % max(1, cfg.log_every) == 0 or it == cfg.iters:
+                        all_reduce_sum(acc, info)
+                        vals = acc.tolist()
+                        elapsed = max(time.perf_counter() - t_window, 1e-9)
+                        last_train = {k: v / window for k, v in zip(LOG_KEYS, vals)}
+                        if not math.isfinite(last_train["total"]):
+                            raise FloatingPointError(f"training loss is {last_train['total']} at iteration {it}")
+                        ips = window * cfg.batch_size / elapsed
+                        rec = {"type": "train", "iter": it, "lr": self.optimizer.param_groups[0]["lr"],
+                               **{k: round(v, 6) for k, v in last_train.items()},
+                               "images_per_s": round(ips, 3), "data_time_frac": round(data_time / elapsed, 4)}
+                        if self.scaler.is_enabled():
+                            rec["amp_scale"] = float(self.scaler.get_scale())
+                        self._log(rec)
+                        if pbar is not None:
+                            pbar.set_postfix_str(
+                                f"loss {last_train['total']:.3f} (l1 {last_train['first_loss_l']:.2f} "
+                                f"c1 {last_train['first_loss_c']:.2f} l2 {last_train['second_loss_l']:.2f} "
+                                f"c2 {last_train['second_loss_c']:.2f}) lr {rec['lr']:.1e} {ips:.1f} img/s",
+                                refresh=False,
+                            )
+                        acc.zero_()
+                        window, data_time = 0, 0.0
+                        t_window = time.perf_counter()
+                    if pbar is not None:
+                        pbar.update(1)
+                    for fn in self.callbacks:
+                        fn(self)
+                    if cfg.val_every and it % cfg.val_every == 0 and it < cfg.iters:
+                        last_val = self.validate()
+                        if last_val is not None:
+                            self._log({"type": "val", "iter": it, **last_val})
+                        t_window = time.perf_counter()
+                    if cfg.ckpt_every and it % cfg.ckpt_every == 0 and it < cfg.iters:
+                        self.save_checkpoint("last.pt")
+                    if cfg.keep_every and it % cfg.keep_every == 0:
+                        self.save_checkpoint(f"iter_{it:07d}.pt")
+                        t_window = time.perf_counter()
+                # iteration boundary: consistent state whatever the reason
+                if reason == "done" and cfg.val_every and self.iteration > start_iter:
+                    last_val = self.validate()
+                    if last_val is not None:
+                        self._log({"type": "val", "iter": self.iteration, **last_val})
+                path = self.save_checkpoint("last.pt")
+                if reason == "done" and info.is_main:
+                    save_atomic(
+                        {"model": self.model.state_dict(), "config": dict(self.model.config),
+                         "iteration": self.iteration, "args": cfg.to_dict(), "format": CHECKPOINT_FORMAT},
+                        self.out / "final.pt",
+                    )
+                self._log({"type": "stop", "iter": self.iteration, "reason": reason,
+                           "checkpoint": str(path) if path else None})
+        finally:
+            if pbar is not None:
+                pbar.close()
+            del loader_iter
+            self._restore_determinism()
+        if info.distributed:
+            dist.barrier(group=info.control_group)
+        return {"iteration": self.iteration, "reason": reason, "train": last_train, "val": last_val,
+                "checkpoint": str(self.out / "last.pt")}
+
+
+def train(cfg: TrainConfig, **kwargs: Any) -> Dict[str, Any]:
+    """``Trainer(cfg, **kwargs).train()``."""
+    return Trainer(cfg, **kwargs).train()
