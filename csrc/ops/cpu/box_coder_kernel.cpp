@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "../box_coder.h"
+#include "../box_math.h"
 
 namespace dsfd {
 namespace {
@@ -22,12 +23,8 @@ void encode_cpu_impl(const scalar_t* gt, const at::opmath_type<scalar_t>* anc, s
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* g = gt + 4 * r;
       const acc_t* a = anc + 4 * (r % A);
-      const acc_t gx1 = g[0], gy1 = g[1], gx2 = g[2], gy2 = g[3];
-      const acc_t acx = a[0], acy = a[1], aw = a[2], ah = a[3];
-      out[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - acx) / (var_xy * aw));
-      out[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - acy) / (var_xy * ah));
-      out[4 * r + 2] = static_cast<scalar_t>(std::log((gx2 - gx1) / aw) / var_wh);
-      out[4 * r + 3] = static_cast<scalar_t>(std::log((gy2 - gy1) / ah) / var_wh);
+      const acc_t gbox[4] = {g[0], g[1], g[2], g[3]};
+      encode_box(gbox, a, var_xy, var_wh, out + 4 * r);
     }
   });
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../box_iou.h"
+#include "../box_math.h"
 
 namespace dsfd {
 namespace {
@@ -39,12 +40,7 @@ void box_iou_cpu_impl(const scalar_t* a, const scalar_t* b, scalar_t* out, int64
       const acc_t* __restrict__ ar = barea.data() + batch * M;
       scalar_t* __restrict__ o = out + r * M;
       for (int64_t j = 0; j < M; ++j) {
-        acc_t w = std::min(ax2, x2[j]) - std::max(ax1, x1[j]);
-        acc_t h = std::min(ay2, y2[j]) - std::max(ay1, y1[j]);
-        w = w > 0 ? w : acc_t(0);
-        h = h > 0 ? h : acc_t(0);
-        const acc_t inter = w * h;
-        o[j] = static_cast<scalar_t>(inter / (aarea + ar[j] - inter));
+        o[j] = static_cast<scalar_t>(box_pair_iou(ax1, ay1, ax2, ay2, aarea, x1[j], y1[j], x2[j], y2[j], ar[j]));
       }
     }
   });

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "../box_math.h"
 #include "../box_voting.h"
 #include "nms_cpu.h"
 
@@ -48,12 +49,8 @@ std::tuple<at::Tensor, at::Tensor> box_voting_cpu_impl(const at::Tensor& boxes, 
     for (int64_t j = i; j < m; ++j) {
       if (!alive[j]) continue;
       if (j != i) {
-        acc_t w = std::min(x2[i], x2[j]) - std::max(x1[i], x1[j]);
-        acc_t h = std::min(y2[i], y2[j]) - std::max(y1[i], y1[j]);
-        w = w > 0 ? w : acc_t(0);
-        h = h > 0 ? h : acc_t(0);
-        const acc_t inter = w * h;
-        if (!(inter / (area[i] + area[j] - inter) >= thr)) continue;
+        const acc_t iou = box_pair_iou(x1[i], y1[i], x2[i], y2[i], area[i], x1[j], y1[j], x2[j], y2[j], area[j]);
+        if (!(iou >= thr)) continue;
       }
       alive[j] = 0;
       ++members;

@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "../box_math.h"
 #include "../match_anchors.h"
 
 namespace dsfd {
@@ -112,12 +113,7 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
           continue;
         }
         for (int64_t i = 0; i < n; ++i) {
-          acc_t w = std::min(gx2, x2[i]) - std::max(gx1, x1[i]);
-          acc_t h = std::min(gy2, y2[i]) - std::max(gy1, y1[i]);
-          w = w > 0 ? w : acc_t(0);
-          h = h > 0 ? h : acc_t(0);
-          const acc_t inter = w * h;
-          r[i] = inter / (garea + ar[i] - inter);
+          r[i] = box_pair_iou(gx1, gy1, gx2, gy2, garea, x1[i], y1[i], x2[i], y2[i], ar[i]);
         }
         // Strict '>' keeps the lowest ground-truth index on ties.
         for (int64_t i = 0; i < n; ++i) {
@@ -180,14 +176,10 @@ void match_cpu_impl(const at::Tensor& anchors, const at::Tensor& gt_boxes, const
         if (iou >= pos_thr && best_gt[r] >= 0) {
           const int64_t g = best_gt[r];
           const scalar_t* gb = gt + (b * G + g) * 4;
-          const acc_t gx1 = gb[0], gy1 = gb[1], gx2 = gb[2], gy2 = gb[3];
-          const acc_t acx = anc[4 * a], acy = anc[4 * a + 1], aw = anc[4 * a + 2], ah = anc[4 * a + 3];
+          const acc_t gbox[4] = {gb[0], gb[1], gb[2], gb[3]};
           lab[r] = 1;
           mg[r] = g;
-          tg[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - acx) / (var_xy * aw));
-          tg[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - acy) / (var_xy * ah));
-          tg[4 * r + 2] = static_cast<scalar_t>(std::log((gx2 - gx1) / aw) / var_wh);
-          tg[4 * r + 3] = static_cast<scalar_t>(std::log((gy2 - gy1) / ah) / var_wh);
+          encode_box(gbox, anc + 4 * a, var_xy, var_wh, tg + 4 * r);
         } else {
           lab[r] = (has_ignore && iou >= ign_thr && best_gt[r] >= 0) ? -1 : 0;
           mg[r] = -1;

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "../box_math.h"
+
 namespace dsfd {
 namespace cpu {
 
@@ -76,12 +78,7 @@ inline int64_t greedy_nms(const scalar_t* boxes, const std::vector<ScoredIndex<a
     keep[num_kept++] = i;
     const acc_t ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], iarea = area[i];
     for (int64_t j = i + 1; j < n; ++j) {
-      acc_t w = std::min(ix2, x2[j]) - std::max(ix1, x1[j]);
-      acc_t h = std::min(iy2, y2[j]) - std::max(iy1, y1[j]);
-      w = w > 0 ? w : acc_t(0);
-      h = h > 0 ? h : acc_t(0);
-      const acc_t inter = w * h;
-      const acc_t iou = inter / (iarea + area[j] - inter);
+      const acc_t iou = box_pair_iou(ix1, iy1, ix2, iy2, iarea, x1[j], y1[j], x2[j], y2[j], area[j]);
       sup[j] |= static_cast<uint8_t>(iou > thr);
     }
   }

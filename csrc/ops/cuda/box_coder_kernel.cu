@@ -2,6 +2,7 @@
 #include <torch/library.h>
 
 #include "../box_coder.h"
+#include "../box_math.h"
 #include "cuda_helpers.h"
 
 namespace dsfd {
@@ -13,11 +14,8 @@ __global__ void encode_kernel(const scalar_t* __restrict__ gt, const acc_t* __re
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(blockDim.x) * gridDim.x) {
     const scalar_t* g = gt + 4 * r;
     const acc_t* a = anc + 4 * (r % A);
-    const acc_t gx1 = g[0], gy1 = g[1], gx2 = g[2], gy2 = g[3];
-    out[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - a[0]) / (var_xy * a[2]));
-    out[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - a[1]) / (var_xy * a[3]));
-    out[4 * r + 2] = static_cast<scalar_t>(log((gx2 - gx1) / a[2]) / var_wh);
-    out[4 * r + 3] = static_cast<scalar_t>(log((gy2 - gy1) / a[3]) / var_wh);
+    const acc_t gbox[4] = {g[0], g[1], g[2], g[3]};
+    encode_box(gbox, a, var_xy, var_wh, out + 4 * r);
   }
 }
 

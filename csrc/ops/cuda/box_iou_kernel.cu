@@ -20,7 +20,7 @@ __global__ void box_iou_kernel(const scalar_t* __restrict__ a, const scalar_t* _
     const scalar_t* q = b + 4 * (batch * M + j);
     const acc_t px1 = p[0], py1 = p[1], px2 = p[2], py2 = p[3];
     const acc_t qx1 = q[0], qy1 = q[1], qx2 = q[2], qy2 = q[3];
-    out[idx] = static_cast<scalar_t>(cuda::iou<acc_t>(px1, py1, px2, py2, (px2 - px1) * (py2 - py1), qx1, qy1, qx2,
+    out[idx] = static_cast<scalar_t>(box_pair_iou<acc_t>(px1, py1, px2, py2, (px2 - px1) * (py2 - py1), qx1, qy1, qx2,
                                                       qy2, (qx2 - qx1) * (qy2 - qy1)));
   }
 }

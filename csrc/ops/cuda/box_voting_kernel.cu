@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kVoteThreads)
       if (!alive[j]) continue;
       if (j != i) {
         const acc_t jx1 = boxes[4 * j], jy1 = boxes[4 * j + 1], jx2 = boxes[4 * j + 2] + 1, jy2 = boxes[4 * j + 3] + 1;
-        const acc_t v = cuda::iou<acc_t>(ix1, iy1, ix2, iy2, iarea, jx1, jy1, jx2, jy2, (jx2 - jx1) * (jy2 - jy1));
+        const acc_t v = box_pair_iou<acc_t>(ix1, iy1, ix2, iy2, iarea, jx1, jy1, jx2, jy2, (jx2 - jx1) * (jy2 - jy1));
         if (!(v >= thr)) continue;
       }
       alive[j] = 0;

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 
+#include "../box_math.h"
+
 namespace dsfd {
 namespace cuda {
 
@@ -32,18 +34,6 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
 
 inline cudaStream_t stream() {
   return c10::cuda::getCurrentCUDAStream().stream();
-}
-
-// IoU with the exact operation order of the CPU kernels and torchvision
-// (nvcc is run with --fmad=false so no multiply-add is contracted).
-template <typename T>
-__device__ inline T iou(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2, T by2, T barea) {
-  T w = min(ax2, bx2) - max(ax1, bx1);
-  T h = min(ay2, by2) - max(ay1, by1);
-  w = w > T(0) ? w : T(0);
-  h = h > T(0) ? h : T(0);
-  const T inter = w * h;
-  return inter / (aarea + barea - inter);
 }
 
 }  // namespace cuda

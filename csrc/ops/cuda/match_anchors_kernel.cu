@@ -58,7 +58,7 @@ __global__ void best_kernel(const acc_t* __restrict__ anchors, const scalar_t* _
     for (int64_t t = 0; t < tile; ++t) {
       const acc_t* q = s_gt + t * 5;
       // Same operand order as the CPU kernel: ground truth first.
-      acc_t iou = active ? cuda::iou<acc_t>(q[0], q[1], q[2], q[3], q[4], ax1, ay1, ax2, ay2, aarea) : acc_t(-1);
+      acc_t iou = active ? box_pair_iou<acc_t>(q[0], q[1], q[2], q[3], q[4], ax1, ay1, ax2, ay2, aarea) : acc_t(-1);
       if (iou > my_best) {  // strict: lowest ground-truth index on ties
         my_best = iou;
         my_gt = static_cast<int32_t>(g0 + t);
@@ -113,14 +113,10 @@ __global__ void assign_kernel(const acc_t* __restrict__ anchors, const scalar_t*
     const int32_t g = best_gt[r];
     if (iou >= pos_thr && g >= 0) {
       const scalar_t* p = gt + (b * G + g) * 4;
-      const acc_t gx1 = p[0], gy1 = p[1], gx2 = p[2], gy2 = p[3];
-      const acc_t* q = anchors + 4 * a;
+      const acc_t gbox[4] = {p[0], p[1], p[2], p[3]};
       labels[r] = 1;
       matched[r] = g;
-      targets[4 * r + 0] = static_cast<scalar_t>(((gx1 + gx2) / 2 - q[0]) / (var_xy * q[2]));
-      targets[4 * r + 1] = static_cast<scalar_t>(((gy1 + gy2) / 2 - q[1]) / (var_xy * q[3]));
-      targets[4 * r + 2] = static_cast<scalar_t>(log((gx2 - gx1) / q[2]) / var_wh);
-      targets[4 * r + 3] = static_cast<scalar_t>(log((gy2 - gy1) / q[3]) / var_wh);
+      encode_box(gbox, anchors + 4 * a, var_xy, var_wh, targets + 4 * r);
     } else {
       labels[r] = (has_ignore && iou >= ign_thr && g >= 0) ? -1 : 0;
       matched[r] = -1;

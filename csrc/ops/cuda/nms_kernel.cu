@@ -93,7 +93,7 @@ __global__ void nms_mask_kernel(const acc_t* __restrict__ top_boxes, const acc_t
   const int start = row_block == col_block ? threadIdx.x + 1 : 0;
   for (int t = start; t < col_size; ++t) {
     const acc_t* c = cols + t * 5;
-    if (cuda::iou<acc_t>(x1, y1, x2, y2, area, c[0], c[1], c[2], c[3], c[4]) > thr) bits |= 1ULL << t;
+    if (box_pair_iou<acc_t>(x1, y1, x2, y2, area, c[0], c[1], c[2], c[3], c[4]) > thr) bits |= 1ULL << t;
   }
   mask[(b * K + i) * col_blocks + col_block] = bits;
 }
