@@ -5,7 +5,7 @@
 # step. Everything lands in $OUT (default benchmarks/results/gpu_check/):
 #   summary.txt  the short table printed last
 #   build.log  tests.log  bench.log        full logs
-#   kernels_cuda.json  fps_cuda.json  train_cuda.json
+#   kernels_cuda.json  fem_cuda.json  fps_cuda.json  train_cuda.json
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
 # On the device tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
@@ -45,10 +45,11 @@ note "other cuda tests: $(tail -1 "$OUT/tests.log")"
 
 {
   timeout 150 $PY benchmarks/kernels.py --device cuda --out "$OUT/kernels_cuda.json"
+  timeout 90 $PY benchmarks/fem.py --device cuda --out "$OUT/fem_cuda.json"
   [ -f benchmarks/fps.py ] && timeout 150 $PY benchmarks/fps.py --device cuda --res vga --batch 1,16 --dtype float16 --out "$OUT/fps_cuda.json"
   [ -f benchmarks/train_profile.py ] && timeout 90 $PY benchmarks/train_profile.py --device cuda --out "$OUT/train_cuda.json"
 } > "$OUT/bench.log" 2>&1
-grep -E "^(box_iou|decode_boxes|nms|batched_nms|match_anchors|hard_negative|upsample_mul)" "$OUT/bench.log" >> "$summary" || true
+grep -E "^(box_iou|decode_boxes|nms|batched_nms|match_anchors|hard_negative|upsample_mul|FEM)" "$OUT/bench.log" >> "$summary" || true
 grep -iE "fps|img/s|images/s" "$OUT/bench.log" | tail -12 >> "$summary"
 note "total: $(( $(date +%s) - start )) s"
 cat "$summary"

@@ -1,0 +1,109 @@
+"""Fused vs unfused Feature Enhance Module (the paper FEM over six levels).
+
+Variants, each timed in the same run:
+  * fused:    dsfd.ops.upsample_mul for the top-down step and, in eval mode,
+              the three branch stems as one convolution;
+  * unfused:  F.interpolate + mul + relu and three separate stem convs.
+Forward in eval mode (inference) and forward+backward in train mode.
+
+    python benchmarks/fem.py [--device cuda] [--size 640] [--batch 1,4] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from kernels import Bench, hardware_info  # noqa: E402  (also sets CUDA_HOME quietly)
+
+import torch  # noqa: E402
+
+import dsfd.models.fem as fem  # noqa: E402
+
+RESNET_CHANNELS = (256, 512, 1024, 2048, 512, 256)
+STRIDES = (4, 8, 16, 32, 64, 128)
+
+
+def features(batch: int, size: int, device: str, width: float) -> List[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(batch, max(3, int(c * width)), -(-size // s), -(-size // s), generator=g).to(device)
+        for c, s in zip(RESNET_CHANNELS, STRIDES)
+    ]
+
+
+def run(device: str, size: int, batches: List[int], width: float, quick: bool) -> Dict[str, object]:
+    bench = Bench(device, min_run_time=0.3 if quick else 1.0)
+    channels = [max(3, int(c * width)) for c in RESNET_CHANNELS]
+    module = fem.FeatureEnhanceModule(channels).to(device)
+    print(f"\n== FEM, ResNet50 channels x{width}, {size}x{size}, {device} ==", flush=True)
+
+    def set_variant(fused: bool) -> None:
+        fem.use_fused_ops = fused
+        module.fuse_branches = fused
+
+    try:
+        for batch in batches:
+            xs = features(batch, size, device, width)
+            module.eval()
+
+            def forward(fused: bool):
+                set_variant(fused)
+                with torch.inference_mode():
+                    return module(xs)
+
+            set_variant(True)
+            with torch.inference_mode():
+                a = module(xs)
+            set_variant(False)
+            with torch.inference_mode():
+                b = module(xs)
+            err = max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(a, b))
+            bench.case("FEM forward (eval)", f"B={batch}", {"dsfd": lambda: forward(True), "unfused": lambda: forward(False)},
+                       note=f"max rel diff {err:.1e}")
+
+            module.train()
+            xs_grad = [x.clone().requires_grad_() for x in xs]
+
+            def fwd_bwd(fused: bool):
+                set_variant(fused)
+                module.zero_grad(set_to_none=True)
+                out = module(xs_grad)
+                torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+
+            bench.case("FEM forward+backward", f"B={batch}", {"dsfd": lambda: fwd_bwd(True), "unfused": lambda: fwd_bwd(False)})
+    finally:
+        fem.use_fused_ops = True
+    return {"hardware": hardware_info(device), "size": size, "width": width, "results": bench.rows}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=None, help="input side (default 640 on CUDA, 320 on CPU)")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16 on CUDA, 1 on CPU)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = ResNet50's)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    size = args.size or (640 if cuda else 320)
+    batches = [int(b) for b in (args.batch or ("1,16" if cuda else "1")).split(",")]
+    result = run(args.device, size, batches, args.width, args.quick)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"fem_{args.device.split(':')[0]}_{platform.node() or 'host'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
