@@ -1,0 +1,86 @@
+"""Packages a trained checkpoint as the default model (dsfd/weights/default.pth).
+
+Keeps only what inference needs ({"model": state_dict, "config": model config}),
+optionally in float16, and writes dsfd/weights/default.json recording how the
+weights were made (training command, data, iterations, hardware, date, and the
+evaluation numbers passed in).
+
+    python scripts/export_default_model.py RUN_DIR/final.pt --log RUN_DIR/log.jsonl \
+        --eval-json EVAL_DIR/ap.json [--fp16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dsfd  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("--log", help="the run's log.jsonl (its start record holds the training arguments)")
+    p.add_argument("--eval-json", help="ap.json written by `dsfd eval`")
+    p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
+    p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
+    args = p.parse_args()
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["model"]
+    if args.fp16:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    model = dsfd.models.load_weights(args.checkpoint)  # proves the checkpoint loads before we ship it
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({"model": state, "config": ckpt["config"]}, tmp)
+    os.replace(tmp, out)
+
+    record = {
+        "file": out.name,
+        "bytes": out.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": "float16" if args.fp16 else "float32",
+        "config": ckpt["config"],
+        "iteration": ckpt.get("iteration"),
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "exported_on": {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()},
+    }
+    if args.log:
+        rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
+        start = next((r for r in rows if r.get("type") == "start"), {})
+        train = [r for r in rows if r.get("type") == "train"]
+        val = [r for r in rows if r.get("type") == "val"]
+        record["training"] = {
+            "args": start.get("args"),
+            "command": "dsfd train " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in (start.get("args") or {}).items()
+                if v not in (None, False) and k in ("data", "network", "backbone", "size", "batch_size", "iters", "lr",
+                                                    "warmup_iters", "workers", "seed", "val_every", "ckpt_every")
+            ),
+            "hardware": start.get("hardware") or {"cpu": platform.processor(), "cpu_count": os.cpu_count()},
+            "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
+            "first_train_loss": train[0]["total"] if train else None,
+            "last_train_loss": train[-1]["total"] if train else None,
+            "val_loss": [{"iter": r["iter"], "total": r["total"]} for r in val],
+        }
+    if args.eval_json:
+        record["evaluation"] = json.loads(Path(args.eval_json).read_text())
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("file", "bytes", "parameters", "dtype", "iteration")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
