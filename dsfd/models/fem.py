@@ -266,6 +266,17 @@ class FeatureEnhanceModule(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        # The top-down path multiplies maps level after level: with plain
+        # Xavier init its scale shrinks by the lateral map's scale at every
+        # level, and the finest enhanced maps start (and stay) at zero after
+        # the ReLUs. He init keeps the top-down convs' scale through their
+        # ReLU, and the lateral convs start as an open gate (output ~1), so the
+        # product initially passes the upsampled map through.
+        for conv in self.top_down:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        for conv in self.lateral:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.ones_(conv.bias)
 
     @property
     def fuse_branches(self) -> bool:
