@@ -270,12 +270,12 @@ class FeatureEnhanceModule(nn.Module):
         # Xavier init its scale shrinks by the lateral map's scale at every
         # level, and the finest enhanced maps start (and stay) at zero after
         # the ReLUs. He init keeps the top-down convs' scale through their
-        # ReLU, and the lateral convs start as an open gate (output ~1), so the
-        # product initially passes the upsampled map through.
+        # ReLU, and the lateral convs start as an open gate around 1 (bias 1,
+        # Xavier weights), so the product passes the upsampled map through,
+        # modulated by the level's own map.
         for conv in self.top_down:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
         for conv in self.lateral:
-            nn.init.normal_(conv.weight, std=0.01)
             nn.init.ones_(conv.bias)
 
     @property
