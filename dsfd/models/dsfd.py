@@ -192,33 +192,6 @@ class DSFD(nn.Module):
         return DSFDOutput(first, second)
 
     @torch.no_grad()
-    def calibrate_fem_scale(self, images: Tensor) -> List[float]:
-        """Data-dependent init: scales each level's FEM output to its source map's scale.
-
-        The FEM's multiplicative top-down path makes the enhanced maps much
-        smaller than the source maps at initialisation (measured: about 16x on
-        the tiny network), so the second-shot heads, which read them, barely
-        learn while the first-shot heads do. Multiplying the last conv of every
-        branch at level ``l`` by ``std(source_l) / std(enhanced_l)`` (a
-        positive factor commutes with the final ReLU) fixes the scale without
-        changing the architecture or the ``state_dict`` keys. For training
-        from scratch; returns the factors.
-        """
-        feats = self.backbone(images)
-        enhanced = self._norm(self.enhanced_norms, self.fem(feats))
-        sources = self._norm(self.source_norms, feats)
-        factors = []
-        for level, (src, enh) in enumerate(zip(sources, enhanced)):
-            k = float(src.float().std() / enh.float().std().clamp(min=1e-12))
-            k = min(max(k, 1e-3), 1e3)
-            branches = self.fem.enhance[level]
-            for conv in (branches.branch1, branches.branch2[-1], branches.branch3[-1]):
-                conv.weight.mul_(k)
-                conv.bias.mul_(k)
-            factors.append(k)
-        return factors
-
-    @torch.no_grad()
     def predict(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """Second-shot face probabilities and decoded boxes for every anchor (no NMS).
 

@@ -79,8 +79,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="linear warm-up iterations (default min(500, iters // 10))")
     o.add_argument("--warmup-factor", type=float, default=d.warmup_factor, help="lr factor at the first iteration")
     o.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
-    o.add_argument("--calibrate-fem", action="store_true",
-                   help="from scratch: scale the FEM outputs to the source maps' scale on the first batch")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
@@ -117,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         amp=args.amp, channels_last=args.channels_last, bn=args.bn, lambda_=args.lambda_,
         val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, log_every=args.log_every, seed=args.seed, deterministic=args.deterministic,
-        clip_grad=args.clip_grad, calibrate_fem=args.calibrate_fem, resume=args.resume, stop_at=args.stop_at, progress=args.progress,
+        clip_grad=args.clip_grad, resume=args.resume, stop_at=args.stop_at, progress=args.progress,
     )
 
 

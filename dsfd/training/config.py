@@ -81,8 +81,6 @@ class TrainConfig:
         seed: model initialisation, data order and augmentation.
         deterministic: deterministic algorithms, no cuDNN benchmark.
         clip_grad: max gradient norm (0: off).
-        calibrate_fem: from scratch, scale each level's FEM output to its source map's
-            scale on the first batch (:meth:`dsfd.models.DSFD.calibrate_fem_scale`).
         resume: checkpoint path, ``"auto"`` (``<out>/last.pt`` if present) or ``None``.
         stop_at: stop (saving a checkpoint, as if interrupted) once this
             iteration is reached; for time-limited jobs and tests.
@@ -123,7 +121,6 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     clip_grad: float = 0.0
-    calibrate_fem: bool = False
     resume: Optional[str] = None
     stop_at: Optional[int] = None
     progress: bool = True

@@ -294,12 +294,6 @@ class Trainer:
         ckpt_path = resolve_resume(cfg.resume, self.out)
         if ckpt_path is not None:
             self._load(ckpt_path)
-        elif cfg.calibrate_fem and not cfg.init_weights and hasattr(model, "calibrate_fem_scale"):
-            # From scratch: bring the enhanced maps to the source maps' scale
-            # (same first batch on every rank, so the ranks stay identical).
-            images = collate_detection([_first_epoch_item(self.train_dataset, i) for i in range(min(4, len(self.train_dataset)))])[0]
-            factors = model.calibrate_fem_scale(images.to(device))
-            log.info("FEM output scale calibrated per level: %s", ", ".join(f"{f:.3g}" for f in factors))
 
         if self.info.distributed:
             ddp_cls = nn.parallel.DistributedDataParallel
@@ -651,14 +645,6 @@ class Trainer:
             dist.barrier(group=info.control_group)
         return {"iteration": self.iteration, "reason": reason, "train": last_train, "val": last_val,
                 "checkpoint": str(self.out / "last.pt")}
-
-
-def _first_epoch_item(dataset: Dataset, index: int) -> Any:
-    """Item ``index`` of epoch 0 (datasets with per-epoch augmentation take ``(index, epoch)``)."""
-    try:
-        return dataset[(index, 0)]
-    except (TypeError, IndexError, KeyError):
-        return dataset[index]
 
 
 def train(cfg: TrainConfig, **kwargs: Any) -> Dict[str, Any]:

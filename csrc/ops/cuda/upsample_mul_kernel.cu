@@ -11,12 +11,6 @@ namespace dsfd {
 namespace {
 
 template <typename acc_t>
-struct Taps {
-  int64_t y0, y1, x0, x1;
-  acc_t wy0, wy1, wx0, wx1;
-};
-
-template <typename acc_t>
 __device__ inline void taps_1d(int64_t o, int64_t in_size, acc_t scale, bool align_corners, int64_t& i0, int64_t& i1,
                                acc_t& w0, acc_t& w1) {
   acc_t src = align_corners ? scale * o : scale * (o + acc_t(0.5)) - acc_t(0.5);
@@ -55,23 +49,42 @@ __device__ inline int64_t offset(int64_t n, int64_t c, int64_t y, int64_t x, int
   return kChannelsLast ? ((n * H + y) * W + x) * C + c : ((n * C + c) * H + y) * W + x;
 }
 
+// The four source taps of output element idx: offsets into the upper map
+// (same memory format) and their bilinear weights, PyTorch's convention.
+template <typename acc_t>
+struct Taps {
+  int64_t o00, o01, o10, o11;
+  acc_t wy0, wy1, wx0, wx1;
+
+  template <typename scalar_t>
+  __device__ acc_t value(const scalar_t* __restrict__ up) const {
+    return wy0 * (wx0 * acc_t(up[o00]) + wx1 * acc_t(up[o01])) + wy1 * (wx0 * acc_t(up[o10]) + wx1 * acc_t(up[o11]));
+  }
+};
+
+template <typename acc_t, bool kChannelsLast>
+__device__ inline Taps<acc_t> taps_of(int64_t idx, int64_t C, int64_t h, int64_t w, int64_t H, int64_t W, acc_t sy,
+                                      acc_t sx, bool align_corners) {
+  int64_t n, c, y, x, y0, y1, x0, x1;
+  Taps<acc_t> t;
+  unravel<kChannelsLast>(idx, C, H, W, n, c, y, x);
+  taps_1d<acc_t>(y, h, sy, align_corners, y0, y1, t.wy0, t.wy1);
+  taps_1d<acc_t>(x, w, sx, align_corners, x0, x1, t.wx0, t.wx1);
+  t.o00 = offset<kChannelsLast>(n, c, y0, x0, C, h, w);
+  t.o01 = offset<kChannelsLast>(n, c, y0, x1, C, h, w);
+  t.o10 = offset<kChannelsLast>(n, c, y1, x0, C, h, w);
+  t.o11 = offset<kChannelsLast>(n, c, y1, x1, C, h, w);
+  return t;
+}
+
 template <typename scalar_t, typename acc_t, bool kChannelsLast>
 __global__ void forward_kernel(const scalar_t* __restrict__ up, const scalar_t* __restrict__ lat,
                                scalar_t* __restrict__ out, int64_t total, int64_t C, int64_t h, int64_t w, int64_t H,
                                int64_t W, acc_t sy, acc_t sx, bool align_corners, bool relu) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(blockDim.x) * gridDim.x) {
-    int64_t n, c, y, x;
-    unravel<kChannelsLast>(idx, C, H, W, n, c, y, x);
-    int64_t y0, y1, x0, x1;
-    acc_t wy0, wy1, wx0, wx1;
-    taps_1d<acc_t>(y, h, sy, align_corners, y0, y1, wy0, wy1);
-    taps_1d<acc_t>(x, w, sx, align_corners, x0, x1, wx0, wx1);
-    const acc_t v = wy0 * (wx0 * acc_t(up[offset<kChannelsLast>(n, c, y0, x0, C, h, w)]) +
-                           wx1 * acc_t(up[offset<kChannelsLast>(n, c, y0, x1, C, h, w)])) +
-                    wy1 * (wx0 * acc_t(up[offset<kChannelsLast>(n, c, y1, x0, C, h, w)]) +
-                           wx1 * acc_t(up[offset<kChannelsLast>(n, c, y1, x1, C, h, w)]));
-    acc_t prod = v * acc_t(lat[idx]);
+    const auto t = taps_of<acc_t, kChannelsLast>(idx, C, h, w, H, W, sy, sx, align_corners);
+    acc_t prod = t.value(up) * acc_t(lat[idx]);
     if (relu) prod = prod > 0 ? prod : acc_t(0);
     out[idx] = static_cast<scalar_t>(prod);
   }
@@ -87,27 +100,16 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_
                                 bool relu) {
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(blockDim.x) * gridDim.x) {
-    int64_t n, c, y, x;
-    unravel<kChannelsLast>(idx, C, H, W, n, c, y, x);
-    int64_t y0, y1, x0, x1;
-    acc_t wy0, wy1, wx0, wx1;
-    taps_1d<acc_t>(y, h, sy, align_corners, y0, y1, wy0, wy1);
-    taps_1d<acc_t>(x, w, sx, align_corners, x0, x1, wx0, wx1);
+    const auto t = taps_of<acc_t, kChannelsLast>(idx, C, h, w, H, W, sy, sx, align_corners);
     acc_t g = grad[idx];
     if (relu && !(acc_t(out[idx]) > 0)) g = 0;
-    const int64_t o00 = offset<kChannelsLast>(n, c, y0, x0, C, h, w);
-    const int64_t o01 = offset<kChannelsLast>(n, c, y0, x1, C, h, w);
-    const int64_t o10 = offset<kChannelsLast>(n, c, y1, x0, C, h, w);
-    const int64_t o11 = offset<kChannelsLast>(n, c, y1, x1, C, h, w);
-    const acc_t v = wy0 * (wx0 * acc_t(up[o00]) + wx1 * acc_t(up[o01])) +
-                    wy1 * (wx0 * acc_t(up[o10]) + wx1 * acc_t(up[o11]));
-    grad_lat[idx] = static_cast<scalar_t>(g * v);
+    grad_lat[idx] = static_cast<scalar_t>(g * t.value(up));
     const acc_t gu = g * acc_t(lat[idx]);
     if (gu != acc_t(0)) {
-      atomicAdd(grad_up + o00, wy0 * wx0 * gu);
-      atomicAdd(grad_up + o01, wy0 * wx1 * gu);
-      atomicAdd(grad_up + o10, wy1 * wx0 * gu);
-      atomicAdd(grad_up + o11, wy1 * wx1 * gu);
+      atomicAdd(grad_up + t.o00, t.wy0 * t.wx0 * gu);
+      atomicAdd(grad_up + t.o01, t.wy0 * t.wx1 * gu);
+      atomicAdd(grad_up + t.o10, t.wy1 * t.wx0 * gu);
+      atomicAdd(grad_up + t.o11, t.wy1 * t.wx1 * gu);
     }
   }
 }
