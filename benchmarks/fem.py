@@ -3,10 +3,13 @@
 Variants, each timed in the same run:
   * fused:    dsfd.ops.upsample_mul for the top-down step and, in eval mode,
               the three branch stems as one convolution;
-  * unfused:  F.interpolate + mul + relu and three separate stem convs.
+  * unfused:  F.interpolate + mul + relu and three separate stem convs;
+  * compiled (``--compile``): the fused module under ``torch.compile``, which
+    fuses the branch concatenation with the final ReLU and the bias+ReLU
+    epilogues where Inductor can (forward only).
 Forward in eval mode (inference) and forward+backward in train mode.
 
-    python benchmarks/fem.py [--device cuda] [--size 640] [--batch 1,4] [--out PATH]
+    python benchmarks/fem.py [--device cuda] [--size 640] [--batch 1,4] [--compile] [--out PATH]
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def features(batch: int, size: int, device: str, width: float) -> List[torch.Ten
     ]
 
 
-def run(device: str, size: int, batches: List[int], width: float, quick: bool) -> Dict[str, object]:
+def run(device: str, size: int, batches: List[int], width: float, quick: bool, compile: bool = False) -> Dict[str, object]:
     bench = Bench(device, min_run_time=0.3 if quick else 1.0)
     channels = [max(3, int(c * width)) for c in RESNET_CHANNELS]
     module = fem.FeatureEnhanceModule(channels).to(device)
@@ -67,8 +70,20 @@ def run(device: str, size: int, batches: List[int], width: float, quick: bool) -
             with torch.inference_mode():
                 b = module(xs)
             err = max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(a, b))
-            bench.case("FEM forward (eval)", f"B={batch}", {"dsfd": lambda: forward(True), "unfused": lambda: forward(False)},
-                       note=f"max rel diff {err:.1e}")
+            variants = {"dsfd": lambda: forward(True), "unfused": lambda: forward(False)}
+            if compile:
+                set_variant(True)
+                compiled = torch.compile(module, dynamic=False)
+
+                def forward_compiled():
+                    set_variant(True)
+                    with torch.inference_mode():
+                        return compiled(xs)
+
+                c = forward_compiled()  # compile outside the timing
+                err = max(err, max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(c, b)))
+                variants["compiled"] = forward_compiled
+            bench.case("FEM forward (eval)", f"B={batch}", variants, note=f"max rel diff {err:.1e}")
 
             module.train()
             xs_grad = [x.clone().requires_grad_() for x in xs]
@@ -92,12 +107,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,16 on CUDA, 1 on CPU)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = ResNet50's)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time the module under torch.compile (forward)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     size = args.size or (640 if cuda else 320)
     batches = [int(b) for b in (args.batch or ("1,16" if cuda else "1")).split(",")]
-    result = run(args.device, size, batches, args.width, args.quick)
+    result = run(args.device, size, batches, args.width, args.quick, args.compile)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"fem_{args.device.split(':')[0]}_{platform.node() or 'host'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -45,7 +45,7 @@ note "other cuda tests: $(tail -1 "$OUT/tests.log")"
 
 {
   timeout 150 $PY benchmarks/kernels.py --device cuda --out "$OUT/kernels_cuda.json"
-  timeout 90 $PY benchmarks/fem.py --device cuda --out "$OUT/fem_cuda.json"
+  timeout 150 $PY benchmarks/fem.py --device cuda --compile --out "$OUT/fem_cuda.json"
   [ -f benchmarks/fps.py ] && timeout 150 $PY benchmarks/fps.py --device cuda --res vga --batch 1,16 --dtype float16 --out "$OUT/fps_cuda.json"
   [ -f benchmarks/train_profile.py ] && timeout 90 $PY benchmarks/train_profile.py --device cuda --out "$OUT/train_cuda.json"
 } > "$OUT/bench.log" 2>&1

@@ -1,7 +1,8 @@
 """Packages a trained checkpoint as the default model (dsfd/weights/default.pth).
 
 Keeps only what inference needs ({"model": state_dict, "config": model config}),
-optionally in float16, and writes dsfd/weights/default.json recording how the
+with the FEM BatchNorms of a ``--fem-norm`` run folded into their convs (so the
+file is the plain paper architecture), optionally in float16, and writes dsfd/weights/default.json recording how the
 weights were made (training command, data, iterations, hardware, date, and the
 evaluation numbers passed in).
 
@@ -27,6 +28,25 @@ sys.path.insert(0, str(ROOT))
 import dsfd  # noqa: E402
 
 
+def _train_command(run_args: dict) -> str:
+    """The ``dsfd train`` command line of a run's arguments (non-default ones only)."""
+    from dsfd.training import TrainConfig
+
+    defaults = TrainConfig()
+    parts = ["dsfd train"]
+    for k, v in run_args.items():
+        if k in ("resume", "stop_at", "progress") or v == getattr(defaults, k, object()):
+            continue
+        flag = "--lambda" if k == "lambda_" else "--" + ("weights" if k == "init_weights" else k.replace("_", "-"))
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, list):
+            parts.append(f"{flag} {','.join(map(str, v))}")
+        else:
+            parts.append(f"{flag} {v}")
+    return " ".join(parts)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
@@ -37,22 +57,35 @@ def main() -> int:
     args = p.parse_args()
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    state = ckpt["model"]
+    model = dsfd.models.load_weights(args.checkpoint).eval()  # proves the checkpoint loads
+    probe = torch.randn(1, 3, 192, 160, generator=torch.Generator().manual_seed(0)) * 50
+    before = model.predict(probe)
+    if hasattr(model, "fold_fem_norm"):
+        model.fold_fem_norm()
+    after = model.predict(probe)
+    fold_error = float((after[0] - before[0]).abs().max())
+    if fold_error > 1e-4:
+        raise SystemExit(f"folding the FEM norms changed the face scores by {fold_error:.3g}")
+    config = dict(model.config)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    model = dsfd.models.load_weights(args.checkpoint)  # proves the checkpoint loads before we ship it
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    torch.save({"model": state, "config": ckpt["config"]}, tmp)
+    torch.save({"model": state, "config": config}, tmp)
     os.replace(tmp, out)
+    shipped = dsfd.models.load_weights(out).eval()  # what users will load
+    shipped_error = float((shipped.predict(probe)[0] - before[0]).abs().max())
 
     record = {
         "file": out.name,
         "bytes": out.stat().st_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": "float16" if args.fp16 else "float32",
-        "config": ckpt["config"],
+        "config": config,
+        "trained_config": ckpt["config"],
+        "max_score_change_on_export": shipped_error,
         "iteration": ckpt.get("iteration"),
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "exported_on": {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()},
@@ -64,11 +97,7 @@ def main() -> int:
         val = [r for r in rows if r.get("type") == "val"]
         record["training"] = {
             "args": start.get("args"),
-            "command": "dsfd train " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in (start.get("args") or {}).items()
-                if v not in (None, False) and k in ("data", "network", "backbone", "size", "batch_size", "iters", "lr",
-                                                    "warmup_iters", "workers", "seed", "val_every", "ckpt_every")
-            ),
+            "command": _train_command(start.get("args") or {}),
             "hardware": start.get("hardware") or {"cpu": platform.processor(), "cpu_count": os.cpu_count()},
             "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
             "first_train_loss": train[0]["total"] if train else None,

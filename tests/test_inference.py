@@ -192,8 +192,14 @@ def test_max_size_downscales_and_maps_back(tiny_model):
     _assert_same_detections(d, expected, atol=0.05)
 
 
-def test_no_weights_warns_and_options_validated(tiny_model):
-    with pytest.warns(RandomWeightsWarning, match="meaningless"):
+def test_no_weights_warns_and_options_validated(tiny_model, monkeypatch):
+    import dsfd.inference.detector as detector_mod
+
+    with pytest.warns(RandomWeightsWarning, match="meaningless"):  # an architecture the default is not
+        det = Detector(network="released", backbone="tiny", device="cpu")
+    assert det.random_weights and det.model.config["network"] == "released"
+    monkeypatch.setattr(detector_mod, "default_weights_path", lambda: None)
+    with pytest.warns(RandomWeightsWarning, match="meaningless"):  # no default file at all
         det = Detector(backbone="tiny", device="cpu")
     assert det.random_weights
     with pytest.raises(ValueError, match="float16"):
@@ -206,6 +212,47 @@ def test_no_weights_warns_and_options_validated(tiny_model):
         Detector(model=tiny_model, device="cpu", score_threshold=2.0)
     with pytest.raises(FileNotFoundError):
         Detector("/nonexistent/weights.pth", device="cpu")
+
+
+# Hand-drawn face box of the packaged photo (forehead under the cap to chin).
+GRACE_HOPPER = Path(dsfd.__file__).resolve().parent / "assets" / "grace_hopper.jpg"
+GRACE_HOPPER_FACE = np.array([180.0, 120.0, 355.0, 330.0])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_default_model_ships_and_finds_the_face():
+    path = dsfd.inference.default_weights_path()
+    assert path is not None, "dsfd/weights/default.pth is missing"
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert path.stat().st_size <= 25 * 2**20 and meta["bytes"] == path.stat().st_size
+    assert {"command", "hardware", "args"} <= set(meta["training"]) and "evaluation" in meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        det = Detector(device="cpu")
+    assert not det.random_weights and det.weights == str(path)
+    dets = det.detect(str(GRACE_HOPPER))
+    assert len(dets) > 0
+    best = dets[int(np.argmax(dets[:, 4]))]
+    assert best[4] > 0.5 and _iou(best[:4], GRACE_HOPPER_FACE) > 0.5, best
+    confident = dets[dets[:, 4] > 0.5]
+    assert all(_iou(d[:4], GRACE_HOPPER_FACE) > 0.3 for d in confident), confident  # nothing else is a face
+
+
+def test_cli_detect_packaged_photo_with_default_model(tmp_path):
+    out = tmp_path / "det"
+    assert cli_main(["detect", str(GRACE_HOPPER), "--out", str(out), "--quiet"]) == 0
+    rec = json.loads((out / "grace_hopper.json").read_text())
+    assert (rec["width"], rec["height"]) == (512, 600)
+    assert any(_iou(np.array(d["box"]), GRACE_HOPPER_FACE) > 0.5 for d in rec["detections"])
+    drawn = cv2.imread(str(out / "grace_hopper.jpg"))
+    assert drawn is not None and drawn.shape == (600, 512, 3)
+    assert not np.array_equal(drawn, cv2.imread(str(GRACE_HOPPER)))  # boxes were drawn
 
 
 def test_load_detector_contract(tmp_path, tiny_model):

@@ -22,6 +22,7 @@ from dsfd.models import (
     ContextFEM,
     DSFD,
     FEMBranches,
+    FeatureEnhanceModule,
     ReleasedDSFD,
     anchor_cache_info,
     build_model,
@@ -321,6 +322,79 @@ def test_whole_paper_model_fused_equals_unfused():
         b = model(x).second
     torch.testing.assert_close(a.loc, b.loc, rtol=0, atol=1e-10)
     torch.testing.assert_close(a.conf, b.conf, rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- FEM norm (training from scratch)
+
+
+def test_fem_norm_fold_is_exact_and_gives_the_paper_architecture():
+    torch.manual_seed(0)
+    model = build_model("paper", "tiny", fem_norm=True).double()
+    assert model.config["fem_norm"] is True and model.fem.has_norm
+    x = torch.randn(3, 3, 96, 72, dtype=torch.float64) * 40
+    with torch.no_grad():
+        model.train()
+        for _ in range(4):  # move the running statistics away from (0, 1)
+            model(x)
+        norms = [m for m in model.fem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(norms) == 6 + 5 + 6 * 6  # top-down, lateral, six per level's branches
+        for bn in norms:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 1.5)
+    before = model.predict(x)
+    model.fold_fem_norm()
+    after = model.predict(x)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=1e-10)
+    assert "fem_norm" not in model.config and not model.fem.has_norm
+    plain = build_model(**model.config).double()
+    assert {k: tuple(v.shape) for k, v in plain.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
+    plain.load_state_dict(model.state_dict(), strict=True)
+    again = plain.predict(x)
+    torch.testing.assert_close(again[1], before[1], rtol=0, atol=1e-10)
+    model.fold_fem_norm()  # a second fold is a no-op
+    torch.testing.assert_close(model.predict(x)[1], before[1], rtol=0, atol=1e-10)
+
+
+def test_fem_starts_as_a_local_stack_with_the_top_down_factor_at_one():
+    # Training from scratch starts from t[l] = relu(lateral[l](x[l])) below the
+    # deepest level (a random top-down gate destroys the localisation signal).
+    torch.manual_seed(0)
+    feats = [torch.randn(2, c, s, s + 1) for c, s in zip([6, 9, 12, 12, 6, 6], [20, 10, 5, 3, 2, 1])]
+    for norm in (False, True):
+        fem = FeatureEnhanceModule([f.shape[1] for f in feats], norm=norm).train()
+        with torch.no_grad():
+            t = fem.top_down_path(feats)
+            for l in range(5):
+                lat = fem.lateral[l](feats[l])
+                if norm:
+                    lat = fem.lateral_norm[l](lat)
+                torch.testing.assert_close(t[l], torch.relu(lat), rtol=0, atol=1e-6)
+            assert float((t[5] > 0).float().mean()) > 0.2  # the deepest level reads its own map
+        # the top-down weights still learn
+        sum((x * torch.randn_like(x)).sum() for x in fem(feats)).backward()
+        learner = fem.top_down_norm[0].weight if norm else fem.top_down[0].weight
+        assert learner.grad is not None and float(learner.grad.abs().sum()) > 0
+
+
+def test_fem_norm_keeps_the_top_down_path_alive():
+    # A top-down ReLU that is dead everywhere zeroes every finer level of the
+    # plain FEM (the product chain); with the norms each channel stays centred.
+    torch.manual_seed(0)
+    feats = [torch.randn(4, c, s, s) for c, s in zip([8, 16, 32, 32, 16, 16], [24, 12, 6, 3, 2, 1])]
+    for norm in (False, True):
+        fem = FeatureEnhanceModule([f.shape[1] for f in feats], norm=norm).train()
+        with torch.no_grad():
+            for conv in fem.top_down:  # kill every top-down ReLU
+                conv.bias.fill_(-1e3)
+            t = fem.top_down_path(feats)
+        alive = [float((ti > 0).float().mean()) for ti in t]
+        if norm:
+            assert min(alive) > 0.1, alive
+        else:
+            assert max(alive) == 0.0, alive
 
 
 def test_upsample_mul_dispatch(monkeypatch):

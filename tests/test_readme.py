@@ -10,7 +10,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_example_runs(index):
+def test_readme_python_example_runs(index, monkeypatch):
+    monkeypatch.chdir(README.parent)  # the examples use repository-relative paths, as a user's shell would
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
 
 

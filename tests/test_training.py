@@ -344,7 +344,8 @@ def test_cli_train_resume_and_load_weights(tmp_path):
     out = tmp_path / "cli"
     common = ["train", "--data", str(WIDER), "--backbone", "tiny", "--size", "128", "--batch-size", "2",
               "--train-images", "4", "--workers", "0", "--out", str(out), "--val-every", "2",
-              "--val-images", "2", "--ckpt-every", "2", "--log-every", "1", "--no-progress", "--seed", "1"]
+              "--val-images", "2", "--ckpt-every", "2", "--log-every", "1", "--no-progress", "--seed", "1",
+              "--fem-norm"]
     assert main(common + ["--iters", "4", "--stop-at", "3"]) == 0
     assert main(common + ["--iters", "4", "--resume"]) == 0
     log = read_log(out)
@@ -363,7 +364,7 @@ def test_cli_train_resume_and_load_weights(tmp_path):
     assert ck["iteration"] == 4 and ck["args"]["iters"] == 4
     for f in ("last.pt", "final.pt"):
         model = load_weights(out / f)
-        assert model.config["backbone"] == "tiny"
+        assert model.config["backbone"] == "tiny" and model.config["fem_norm"] is True and model.fem.has_norm
         for k, v in model.state_dict().items():
             assert torch.equal(v, ck["model"][k]), k
 

@@ -52,6 +52,7 @@ display-quality set of faces.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -106,6 +107,20 @@ def default_weights_path() -> Optional[Path]:
         if p.is_file():
             return p
     return None
+
+
+def _default_fits(path: Path, network: Optional[str], backbone: Optional[str]) -> bool:
+    """Whether the default weights are of the requested ``network`` / ``backbone`` (``None``: any)."""
+    if network is None and backbone is None:
+        return True
+    meta = path.with_suffix(".json")
+    try:
+        cfg = json.loads(meta.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        cfg = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
+    return (network is None or network.lower() == cfg.get("network")) and (
+        backbone is None or backbone.lower() == cfg.get("backbone")
+    )
 
 
 def _head_convs(model: nn.Module) -> Tuple[List[nn.Conv2d], List[nn.Conv2d]]:
@@ -301,9 +316,11 @@ class Detector:
             ``network`` / ``backbone`` model is built (and passed through
             :func:`calibrate_random_model` so its outputs are finite) and a
             :class:`RandomWeightsWarning` says its detections are meaningless.
-        network, backbone: architecture for ``weights=None`` without a default
-            file (default ``"paper"``, ``"resnet50"``); with a weights file they
-            force the architecture instead of detecting it.
+        network, backbone: with ``weights=None``, the default model is used
+            when it is of this architecture (or none is named); otherwise a
+            random ``network`` / ``backbone`` model is built (default
+            ``"paper"``, ``"resnet50"``). With a weights file they force the
+            architecture instead of detecting it.
         device: ``"cuda"``, ``"cpu"``, a ``torch.device``, or ``None`` for CUDA
             when available.
         dtype: ``torch.float32``, ``torch.float16`` (CUDA only) or
@@ -455,6 +472,8 @@ class Detector:
             return model
         if weights is None:
             weights = default_weights_path()
+            if weights is not None and not _default_fits(weights, network, backbone):
+                weights = None  # an explicitly requested other architecture: no weights for it
         if weights is not None:
             self.weights = os.fspath(weights)
             return load_weights(weights, map_location="cpu", network=network, backbone=backbone)

@@ -115,6 +115,9 @@ class DSFD(nn.Module):
         fem_dilation: dilation of the FEM branch convs (3).
         fuse_branches: run the FEM branch stems as one conv in eval mode.
         upsample_align_corners: bilinear convention of the FEM top-down path (``False``).
+        fem_norm: BatchNorm in the FEM top-down path for training from
+            scratch (see :class:`~dsfd.models.fem.FeatureEnhanceModule`);
+            :meth:`fold_fem_norm` removes it after training.
 
     ``forward(images, shots=None)`` with ``images[B, 3, H, W]`` (BGR minus
     mean) returns :class:`DSFDOutput`. ``shots=None`` means both shots in
@@ -136,6 +139,7 @@ class DSFD(nn.Module):
         fem_dilation: int = 3,
         fuse_branches: bool = True,
         upsample_align_corners: bool = False,
+        fem_norm: bool = False,
     ) -> None:
         super().__init__()
         ch = list(getattr(backbone, "out_channels"))
@@ -146,13 +150,24 @@ class DSFD(nn.Module):
         self.variances = (0.1, 0.2)
         scales = getattr(backbone, "l2norm_scales", None) or ()
         self.source_norms = nn.ModuleList([L2Norm(ch[i], s) for i, s in enumerate(scales)])
-        self.fem = FeatureEnhanceModule(ch, fem_dilation, upsample_align_corners, fuse_branches)
+        self.fem = FeatureEnhanceModule(ch, fem_dilation, upsample_align_corners, fuse_branches, norm=fem_norm)
         self.enhanced_norms = nn.ModuleList([L2Norm(ch[i], s) for i, s in enumerate(scales)])
         self.first_shot_head = DSFDHead(ch, num_classes)
         self.second_shot_head = DSFDHead(ch, num_classes)
         self.first_shot_anchors = AnchorGenerator(first_shot_sizes, steps, aspect_ratio, clip_anchors)
         self.second_shot_anchors = AnchorGenerator(second_shot_sizes, steps, aspect_ratio, clip_anchors)
         self.config: Dict[str, Any] = {"network": "paper"}
+
+    def fold_fem_norm(self) -> "DSFD":
+        """Fold the FEM's BatchNorms into its convs (see ``fem_norm``); returns ``self``.
+
+        Afterwards the model is the plain paper architecture (its
+        ``state_dict`` loads into ``build_model(..., fem_norm=False)``) and
+        ``config["fem_norm"]`` is dropped. Eval-mode outputs are unchanged.
+        """
+        self.fem.fold_norm()
+        self.config.pop("fem_norm", None)
+        return self
 
     @property
     def out_channels(self) -> List[int]:

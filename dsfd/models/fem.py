@@ -114,6 +114,19 @@ def fuse_conv_weights(
     return w, torch.cat([b for b in biases if b is not None], 0), pad, d
 
 
+@torch.no_grad()
+def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``conv`` followed by ``bn`` (eval mode) becomes one conv, in place."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    new_bias = ((bias - bn.running_mean) * scale + bn.bias).to(conv.weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+
+
 class _FusedConvCache:
     """Cache of the fused weight of a group of convs, invalidated by parameter versions.
 
@@ -188,7 +201,7 @@ class FEMBranches(_FusingModule):
         fuse_branches: fuse the first convs at inference.
     """
 
-    def __init__(self, channels: int, dilation: int = 3, fuse_branches: bool = True) -> None:
+    def __init__(self, channels: int, dilation: int = 3, fuse_branches: bool = True, norm: bool = False) -> None:
         super().__init__()
         c1 = channels // 3
         c3 = channels - 2 * c1
@@ -208,11 +221,37 @@ class FEMBranches(_FusingModule):
         )
         self._stem_cache = _FusedConvCache()
         _check_fusable(self.first_convs())
+        self.norms: Optional[nn.ModuleList] = None
+        if norm:
+            self.norms = nn.ModuleList([nn.BatchNorm2d(c.out_channels) for c in self.all_convs()])
 
     def first_convs(self) -> List[nn.Conv2d]:
         return [self.branch1, self.branch2[0], self.branch3[0]]
 
+    def all_convs(self) -> List[nn.Conv2d]:
+        """Every conv, in the order of :attr:`norms`."""
+        return [self.branch1, self.branch2[0], self.branch2[2], self.branch3[0], self.branch3[2], self.branch3[4]]
+
+    @torch.no_grad()
+    def fold_norm(self) -> None:
+        """Fold the BatchNorms (``norm=True``) into the convs, in place (running statistics)."""
+        if self.norms is not None:
+            for conv, bn in zip(self.all_convs(), self.norms):
+                _fold_batchnorm(conv, bn)
+            self.norms = None
+            self._clear_fused()
+
+    def _forward_norm(self, x: Tensor) -> Tensor:
+        assert self.norms is not None
+        cn = [lambda t, c=c, n=n: n(c(t)) for c, n in zip(self.all_convs(), self.norms)]
+        x1 = cn[0](x)
+        x2 = cn[2](F.relu(cn[1](x)))
+        x3 = cn[5](F.relu(cn[4](F.relu(cn[3](x)))))
+        return F.relu(torch.cat([x1, x2, x3], 1), inplace=True)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.norms is not None:
+            return self._forward_norm(x)
         if self._use_fused():
             c1, c2, _ = self.split
             y = self._fused_conv(self._stem_cache, self.first_convs(), x)
@@ -243,6 +282,14 @@ class FeatureEnhanceModule(nn.Module):
         dilation: dilation of the branch convs (3).
         align_corners: bilinear convention of the upsampling (``False``).
         fuse_branches: fuse the branch stems in eval mode.
+        norm: BatchNorm after every FEM conv (top-down, lateral and branch
+            convs; not in the paper). Trained from scratch, the plain FEM's
+            multiplicative top-down path collapses (once a ReLU in it is dead
+            everywhere, every finer level is zero too) and its branches shrink
+            towards dead outputs, so the second shot stops learning.
+            BatchNorm keeps every pre-activation centred and scaled.
+            :meth:`fold_norm` folds the norms into the convs after training,
+            which gives back the paper architecture exactly.
 
     ``forward(features: List[Tensor[B, C_l, H_l, W_l]]) -> List[Tensor]`` (same shapes).
     """
@@ -253,6 +300,7 @@ class FeatureEnhanceModule(nn.Module):
         dilation: int = 3,
         align_corners: bool = False,
         fuse_branches: bool = True,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         ch = list(in_channels)
@@ -261,22 +309,66 @@ class FeatureEnhanceModule(nn.Module):
         self.align_corners = align_corners
         self.top_down = nn.ModuleList([nn.Conv2d(ch[min(l + 1, n - 1)], ch[l], kernel_size=1) for l in range(n)])
         self.lateral = nn.ModuleList([nn.Conv2d(ch[l], ch[l], kernel_size=1) for l in range(n - 1)])
-        self.enhance = nn.ModuleList([FEMBranches(c, dilation, fuse_branches) for c in ch])
+        self.enhance = nn.ModuleList([FEMBranches(c, dilation, fuse_branches, norm=norm) for c in ch])
+        # Initialisation for training from scratch. The product path starts
+        # as a plain conv-ReLU stack on each level's own map: every top-down
+        # factor below the deepest level is exactly 1 (zero weights, bias 1,
+        # then ReLU), so t[l] = relu(lateral[l](x[l])), and the top-down
+        # modulation is learned from there (its weights get gradients). A
+        # random top-down factor instead gates each channel with a coarse,
+        # half-zero mask per level; measured with a linear probe on frozen
+        # features, that destroys the localisation information (smooth-L1
+        # 4.7 vs 2.8 with this init, 3.0 on the raw source maps). All other
+        # convs are He-initialised: they feed ReLUs.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        # The top-down path multiplies maps level after level: with plain
-        # Xavier init its scale shrinks by the lateral map's scale at every
-        # level, and the finest enhanced maps start (and stay) at zero after
-        # the ReLUs. He init keeps the top-down convs' scale through their
-        # ReLU, and the lateral convs start as an open gate around 1 (bias 1,
-        # Xavier weights), so the product passes the upsampled map through,
-        # modulated by the level's own map.
-        for conv in self.top_down:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        for conv in self.lateral:
-            nn.init.ones_(conv.bias)
+        self.top_down_norm: Optional[nn.ModuleList] = None
+        self.lateral_norm: Optional[nn.ModuleList] = None
+        if not norm:
+            for conv in self.top_down[: n - 1]:
+                nn.init.zeros_(conv.weight)
+                nn.init.ones_(conv.bias)
+        else:
+            self.top_down_norm = nn.ModuleList([nn.BatchNorm2d(c) for c in ch])
+            self.lateral_norm = nn.ModuleList([nn.BatchNorm2d(ch[l]) for l in range(n - 1)])
+            # Same start through the norms: scale 0 and shift 1 give a factor
+            # of exactly 1. The convs keep random weights: a constant conv
+            # output would normalise to 0 and leave the scale no gradient.
+            for bn in self.top_down_norm[: n - 1]:
+                nn.init.zeros_(bn.weight)
+                nn.init.ones_(bn.bias)
+
+    @property
+    def has_norm(self) -> bool:
+        return self.top_down_norm is not None
+
+    @torch.no_grad()
+    def fold_norm(self) -> None:
+        """Fold the BatchNorms (``norm=True``) into their 1x1 convs, in place.
+
+        Uses the running statistics, so the module computes in eval mode
+        what it computed before, and its ``state_dict`` becomes the plain
+        (paper) FEM's. A no-op without norms.
+        """
+        if self.top_down_norm is None or self.lateral_norm is None:
+            return
+        pairs = list(zip(self.top_down, self.top_down_norm)) + list(zip(self.lateral, self.lateral_norm))
+        for conv, bn in pairs:
+            _fold_batchnorm(conv, bn)
+        for e in self.enhance:
+            e.fold_norm()
+        self.top_down_norm = None
+        self.lateral_norm = None
+
+    def _top_down(self, l: int, x: Tensor) -> Tensor:
+        y = self.top_down[l](x)
+        return self.top_down_norm[l](y) if self.top_down_norm is not None else y
+
+    def _lateral(self, l: int, x: Tensor) -> Tensor:
+        y = self.lateral[l](x)
+        return self.lateral_norm[l](y) if self.lateral_norm is not None else y
 
     @property
     def fuse_branches(self) -> bool:
@@ -293,10 +385,10 @@ class FeatureEnhanceModule(nn.Module):
         if n != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {n}")
         t: List[Tensor] = [features[0]] * n
-        t[n - 1] = F.relu(self.top_down[n - 1](features[n - 1]))
+        t[n - 1] = F.relu(self._top_down(n - 1, features[n - 1]))
         for l in range(n - 2, -1, -1):
-            upper = F.relu(self.top_down[l](t[l + 1]))
-            t[l] = upsample_mul(upper, self.lateral[l](features[l]), align_corners=self.align_corners, relu=True)
+            upper = F.relu(self._top_down(l, t[l + 1]))
+            t[l] = upsample_mul(upper, self._lateral(l, features[l]), align_corners=self.align_corners, relu=True)
         return t
 
     def forward(self, features: Sequence[Tensor]) -> List[Tensor]:

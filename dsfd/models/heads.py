@@ -71,9 +71,13 @@ class DSFDHead(nn.Module):
         self.conf = nn.ModuleList(
             [nn.Conv2d(c, num_anchors * num_classes, kernel_size=3, padding=1) for c in in_channels]
         )
+        # Small prediction layers (std 0.01, as in Detectron-style heads): the
+        # first losses are those of a constant prediction instead of random
+        # logits of a few units, whose gradients otherwise push training
+        # from scratch to shrink the head's input maps to zero first.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
     def num_anchors_per_location(self) -> List[int]:

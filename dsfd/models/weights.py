@@ -49,6 +49,7 @@ MODEL_CONFIG_KEYS = (
     "backbone",
     "width_mult",
     "fuse_branches",
+    "fem_norm",
     "conv6_dilation",
     "num_classes",
     "first_shot_sizes",

@@ -61,6 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--backbone", default=d.backbone, choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny"])
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
     m.add_argument("--backbone-weights", help="local torchvision-format ImageNet state_dict for the backbone")
+    m.add_argument("--fem-norm", action="store_true",
+                   help="BatchNorm in the FEM top-down path (training from scratch; folded away on export)")
     m.add_argument("--weights", dest="init_weights",
                    help="initialise from DSFD weights (load_weights formats; fine-tuning, not a resume)")
     m.add_argument("--bn", choices=["train", "frozen", "sync"], default=d.bn,
@@ -107,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``dsfd train`` arguments."""
     return TrainConfig(
         data=args.data, out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
-        backbone_weights=args.backbone_weights, init_weights=args.init_weights,
+        backbone_weights=args.backbone_weights, fem_norm=args.fem_norm, init_weights=args.init_weights,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,
         warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, size=args.size, augment=args.augment,

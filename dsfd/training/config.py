@@ -41,6 +41,9 @@ class TrainConfig:
         network, backbone, width_mult, backbone_weights: model (see
             :func:`dsfd.models.build_model`); ``backbone="tiny"`` is the
             narrow ResNet for tests and CPU smoke runs.
+        fem_norm: BatchNorm in the FEM top-down path (``fem_norm`` of
+            :class:`dsfd.models.DSFD`); needed to train the second shot from
+            scratch, folded away by ``scripts/export_default_model.py``.
         init_weights: start from these DSFD weights (any file
             :func:`dsfd.models.load_weights` reads; the architecture must
             match) instead of a fresh initialisation - fine-tuning, not a
@@ -93,6 +96,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     width_mult: Optional[float] = None
     backbone_weights: Optional[str] = None
+    fem_norm: bool = False
     init_weights: Optional[str] = None
     batch_size: int = 16
     iters: int = 60_000

@@ -244,6 +244,8 @@ class Trainer:
             kw["width_mult"] = cfg.width_mult
         if cfg.backbone_weights:
             kw["backbone_weights"] = cfg.backbone_weights
+        if cfg.fem_norm:
+            kw["fem_norm"] = True
         model = build_model(cfg.network, cfg.backbone, **kw)
         if getattr(model, "first_shot_head", None) is None:
             raise ValueError("training needs the paper's dual-shot network (--network paper)")
