@@ -25,7 +25,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dsfd  # noqa: E402
+import dsfd.models  # noqa: E402
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _hardware(start: dict) -> dict:
+    """Where the run trained (its start record has the device; the CPU is read here: export on the same host)."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"device": start.get("device"), "world_size": start.get("world_size"), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__}
 
 
 def _train_command(run_args: dict) -> str:
@@ -98,8 +114,11 @@ def main() -> int:
         record["training"] = {
             "args": start.get("args"),
             "command": _train_command(start.get("args") or {}),
-            "hardware": start.get("hardware") or {"cpu": platform.processor(), "cpu_count": os.cpu_count()},
+            "hardware": start.get("hardware") or _hardware(start),
             "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
+            "started": _iso(rows[0]["time"]) if rows else None,
+            "finished": _iso(rows[-1]["time"]) if rows else None,
+            "images_per_s": (sum(r["images_per_s"] for r in train) / len(train)) if train else None,
             "first_train_loss": train[0]["total"] if train else None,
             "last_train_loss": train[-1]["total"] if train else None,
             "val_loss": [{"iter": r["iter"], "total": r["total"]} for r in val],
