@@ -15,8 +15,6 @@ Forward in eval mode (inference) and forward+backward in train mode.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -25,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernels import Bench, hardware_info  # noqa: E402  (also sets CUDA_HOME quietly)
+from kernels import Bench, hardware_info, write_result  # noqa: E402  (also sets CUDA_HOME quietly)
 
 import torch  # noqa: E402
 
@@ -114,10 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     size = args.size or (640 if cuda else 320)
     batches = [int(b) for b in (args.batch or ("1,16" if cuda else "1")).split(",")]
     result = run(args.device, size, batches, args.width, args.quick, args.compile)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"fem_{args.device.split(':')[0]}_{platform.node() or 'host'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, args.out, f"fem_{args.device.split(':')[0]}")
     return 0
 
 

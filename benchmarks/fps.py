@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import sys
 import time
@@ -53,7 +51,7 @@ from dsfd.inference import Detector  # noqa: E402
 from dsfd.inference.detector import _dead_leaves, _face_outputs, calibrate_random_model  # noqa: E402
 from dsfd.models import build_model  # noqa: E402
 from dsfd.ops import reference as ref  # noqa: E402
-from kernels import hardware_info  # noqa: E402
+from kernels import hardware_info, write_result  # noqa: E402
 
 RESOLUTIONS: Dict[str, Tuple[int, int]] = {"vga": (640, 480), "hd": (1280, 720), "fullhd": (1920, 1080)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -281,11 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = run(args)
     print(table(result))
     device = result["hardware"]["device"]
-    out = Path(args.out) if args.out else (
-        ROOT / "benchmarks" / "results" / f"fps_{device}_{args.res.lower()}_{platform.node() or 'host'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, args.out, f"fps_{device}_{args.res.lower()}")
     return 0
 
 

@@ -43,6 +43,15 @@ except ImportError:  # the benchmarks still run, without the torchvision column
 NUM_ANCHORS = 34_125  # 640 x 640, six levels, one anchor per location
 
 
+def write_result(result: Dict[str, object], out: Optional[str], name: str) -> Path:
+    """Write a benchmark's JSON to ``out``, or ``benchmarks/results/<name>_<host>.json``; print where."""
+    path = Path(out) if out else ROOT / "benchmarks" / "results" / f"{name}_{platform.node() or 'host'}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
 def hardware_info(device: str) -> Dict[str, object]:
     info: Dict[str, object] = {
         "device": device,
@@ -265,10 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         devices.remove("cuda")
     for device in devices:
         result = run(device, args.quick)
-        out = Path(args.out) if args.out and len(devices) == 1 else ROOT / "benchmarks" / "results" / f"kernels_{device}_{platform.node() or 'host'}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+        write_result(result, args.out if len(devices) == 1 else None, f"kernels_{device}")
     return 0
 
 

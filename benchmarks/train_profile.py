@@ -32,9 +32,7 @@ random faces, noted in the JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernels import hardware_info  # noqa: E402
+from kernels import hardware_info, write_result  # noqa: E402
 
 import dsfd.ops as ops  # noqa: E402
 from dsfd.data_paths import wider_root  # noqa: E402
@@ -288,11 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     res = run(args)
     print_table(res)
     dev = "cuda" if cuda else "cpu"
-    out = Path(args.out) if args.out else (
-        ROOT / "benchmarks" / "results" / f"train_profile_{dev}_{args.backbone}_{platform.node() or 'host'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+    write_result(res, args.out, f"train_profile_{dev}_{args.backbone}")
     return 0
 
 

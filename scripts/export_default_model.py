@@ -2,8 +2,8 @@
 
 Keeps only what inference needs ({"model": state_dict, "config": model config}),
 with the FEM BatchNorms of a ``--fem-norm`` run folded into their convs (so the
-file is the plain paper architecture), optionally in float16, and writes dsfd/weights/default.json recording how the
-weights were made (training command, data, iterations, hardware, date, and the
+file is the plain paper architecture), optionally in float16, and writes
+dsfd/weights/default.json recording how the weights were made (training command, data, iterations, hardware, date, and the
 evaluation numbers passed in).
 
     python scripts/export_default_model.py RUN_DIR/final.pt --log RUN_DIR/log.jsonl \

@@ -115,9 +115,9 @@ class DSFD(nn.Module):
         fem_dilation: dilation of the FEM branch convs (3).
         fuse_branches: run the FEM branch stems as one conv in eval mode.
         upsample_align_corners: bilinear convention of the FEM top-down path (``False``).
-        fem_norm: BatchNorm in the FEM top-down path for training from
-            scratch (see :class:`~dsfd.models.fem.FeatureEnhanceModule`);
-            :meth:`fold_fem_norm` removes it after training.
+        fem_norm: BatchNorm after every FEM conv, for training from scratch
+            (see :class:`~dsfd.models.fem.FeatureEnhanceModule`);
+            :meth:`fold_fem_norm` folds it away after training.
 
     ``forward(images, shots=None)`` with ``images[B, 3, H, W]`` (BGR minus
     mean) returns :class:`DSFDOutput`. ``shots=None`` means both shots in

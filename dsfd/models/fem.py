@@ -198,7 +198,9 @@ class FEMBranches(_FusingModule):
     Args:
         channels: ``C`` (input and output channels).
         dilation: dilation (= padding) of every conv (3).
-        fuse_branches: fuse the first convs at inference.
+        fuse_branches: fuse the first convs at inference (not while ``norm``).
+        norm: BatchNorm after every conv (:attr:`norms`, in
+            :meth:`all_convs` order) until :meth:`fold_norm`.
     """
 
     def __init__(self, channels: int, dilation: int = 3, fuse_branches: bool = True, norm: bool = False) -> None:
@@ -243,10 +245,10 @@ class FEMBranches(_FusingModule):
 
     def _forward_norm(self, x: Tensor) -> Tensor:
         assert self.norms is not None
-        cn = [lambda t, c=c, n=n: n(c(t)) for c, n in zip(self.all_convs(), self.norms)]
-        x1 = cn[0](x)
-        x2 = cn[2](F.relu(cn[1](x)))
-        x3 = cn[5](F.relu(cn[4](F.relu(cn[3](x)))))
+        n = self.norms
+        x1 = n[0](self.branch1(x))
+        x2 = n[2](self.branch2[2](F.relu(n[1](self.branch2[0](x)))))
+        x3 = n[5](self.branch3[4](F.relu(n[4](self.branch3[2](F.relu(n[3](self.branch3[0](x))))))))
         return F.relu(torch.cat([x1, x2, x3], 1), inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -283,11 +285,10 @@ class FeatureEnhanceModule(nn.Module):
         align_corners: bilinear convention of the upsampling (``False``).
         fuse_branches: fuse the branch stems in eval mode.
         norm: BatchNorm after every FEM conv (top-down, lateral and branch
-            convs; not in the paper). Trained from scratch, the plain FEM's
-            multiplicative top-down path collapses (once a ReLU in it is dead
-            everywhere, every finer level is zero too) and its branches shrink
-            towards dead outputs, so the second shot stops learning.
-            BatchNorm keeps every pre-activation centred and scaled.
+            convs; not in the paper), for training from scratch: it keeps
+            every pre-activation of the multiplicative path centred and
+            scaled, so no ReLU in it can die everywhere (which would zero
+            every finer level). The default model was trained with it.
             :meth:`fold_norm` folds the norms into the convs after training,
             which gives back the paper architecture exactly.
 

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
     m.add_argument("--backbone-weights", help="local torchvision-format ImageNet state_dict for the backbone")
     m.add_argument("--fem-norm", action="store_true",
-                   help="BatchNorm in the FEM top-down path (training from scratch; folded away on export)")
+                   help="BatchNorm after every FEM conv (training from scratch; folded away on export)")
     m.add_argument("--weights", dest="init_weights",
                    help="initialise from DSFD weights (load_weights formats; fine-tuning, not a resume)")
     m.add_argument("--bn", choices=["train", "frozen", "sync"], default=d.bn,

@@ -41,9 +41,9 @@ class TrainConfig:
         network, backbone, width_mult, backbone_weights: model (see
             :func:`dsfd.models.build_model`); ``backbone="tiny"`` is the
             narrow ResNet for tests and CPU smoke runs.
-        fem_norm: BatchNorm in the FEM top-down path (``fem_norm`` of
-            :class:`dsfd.models.DSFD`); needed to train the second shot from
-            scratch, folded away by ``scripts/export_default_model.py``.
+        fem_norm: BatchNorm after every FEM conv (``fem_norm`` of
+            :class:`dsfd.models.DSFD`), for training from scratch; folded
+            away by ``scripts/export_default_model.py``.
         init_weights: start from these DSFD weights (any file
             :func:`dsfd.models.load_weights` reads; the architecture must
             match) instead of a fresh initialisation - fine-tuning, not a
