@@ -360,3 +360,28 @@ def test_eval_transform_and_collate():
     assert gt.shape == (2, 0, 4) and counts.tolist() == [0, 0]
     with pytest.raises(ValueError, match="one size"):
         collate_detection([batch[0], (torch.zeros(3, 5, 5), batch[0][1], {})])
+
+
+def test_dataset_mixes_several_roots(tmp_path):
+    a = make_wider_tree(tmp_path / "a", n_images=3, seed=1)
+    b = make_wider_tree(tmp_path / "b", n_images=5, seed=2)
+    ds = WiderFaceDataset([a, b], "train")
+    assert len(ds) == 8
+    assert ds.root_counts == [
+        {"root": str(a), "images": 3, "boxes": 9},
+        {"root": str(b), "images": 5, "boxes": 15},
+    ]
+    # indices 0-2 come from the first root, 3-7 from the second, each with its own boxes
+    assert ds.image_path(2) == a / "WIDER_train" / "images" / "0--Test" / "img_2.jpg"
+    assert ds.image_path(3) == b / "WIDER_train" / "images" / "0--Test" / "img_0.jpg"
+    img_b0, boxes_b0, meta = ds[3]
+    single_b = WiderFaceDataset(b, "train")
+    img_ref, boxes_ref, _ = single_b[0]
+    assert meta["path"] == str(ds.image_path(3))
+    np.testing.assert_array_equal(img_b0, img_ref)
+    np.testing.assert_array_equal(boxes_b0, boxes_ref)
+    assert ds.stats["kept"] == 24 and ds.stats["images"] == 8
+    with pytest.raises(FileNotFoundError, match="annotations not found"):
+        WiderFaceDataset([a, tmp_path / "missing"], "train")
+    with pytest.raises(ValueError, match="at least one"):
+        WiderFaceDataset([], "train")

@@ -41,10 +41,11 @@ refer to the stored pixel grid.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -219,7 +220,11 @@ class WiderFaceDataset(Dataset):
     """WIDER FACE images with their face boxes.
 
     Args:
-        root: data set folder (default :func:`dsfd.data_paths.wider_root`).
+        root: data set folder (default :func:`dsfd.data_paths.wider_root`),
+            or a list of WIDER-layout folders whose images are concatenated
+            in the given order (e.g. the official training split plus more
+            images laid out the same way); :attr:`root_counts` tells how many
+            images and boxes each one gave.
         split: ``"train"`` or ``"val"``.
         transform: ``transform(image_bgr_uint8, boxes_px, rng) -> (image, boxes)``,
             e.g. :class:`dsfd.data.augment.TrainTransform`; ``None`` returns
@@ -240,7 +245,7 @@ class WiderFaceDataset(Dataset):
 
     def __init__(
         self,
-        root: Optional[Union[str, os.PathLike]] = None,
+        root: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]] = None,
         split: str = "train",
         transform: Optional[ImageTransform] = None,
         min_face: float = 1.0,
@@ -248,31 +253,54 @@ class WiderFaceDataset(Dataset):
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        self.root = Path(root) if root is not None else wider_root()
+        if root is None:
+            roots = [wider_root()]
+        elif isinstance(root, (str, os.PathLike)):
+            roots = [Path(root)]
+        else:
+            roots = [Path(r) for r in root]
+            if not roots:
+                raise ValueError("root: expected at least one WIDER FACE folder")
+        self.roots: List[Path] = roots
+        #: The first root (kept for code that reads one folder).
+        self.root = roots[0]
         self.split = split
         self.transform = transform
         self.min_face = float(min_face)
         self.seed = int(seed)
         self.epoch = 0
         self.image_dir = self.root / f"WIDER_{split}" / "images"
-        gt_file = self.root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-        if not gt_file.is_file():
-            raise FileNotFoundError(
-                f"WIDER FACE annotations not found: {gt_file} (set DSFD_WIDER_ROOT to the data set folder)"
+        self.annotations: List[WiderAnnotation] = []
+        #: Image folder of each annotation (one entry per root, see ``_root_of``).
+        self._image_dirs: List[Path] = []
+        self._root_starts: List[int] = []
+        #: Per root: ``{"root", "images", "boxes"}`` (boxes kept after the parse-time filter).
+        self.root_counts: List[Dict[str, Any]] = []
+        self._parse_stats: Dict[str, int] = {}
+        for r in roots:
+            gt_file = r / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+            if not gt_file.is_file():
+                raise FileNotFoundError(
+                    f"WIDER FACE annotations not found: {gt_file} (set DSFD_WIDER_ROOT to the data set folder)"
+                )
+            anns, stats = parse_wider_annotations(gt_file, self.min_face)
+            if not anns:
+                raise ValueError(f"no images listed in {gt_file}")
+            self._root_starts.append(len(self.annotations))
+            self._image_dirs.append(r / f"WIDER_{split}" / "images")
+            self.annotations.extend(anns)
+            for k, v in stats.items():
+                self._parse_stats[k] = self._parse_stats.get(k, 0) + v
+            self.root_counts.append({"root": str(r), "images": len(anns), "boxes": int(stats["kept"])})
+            log.info(
+                "WIDER FACE %s at %s: %d images, %d boxes read, %d kept; skipped %d invalid-flagged, "
+                "%d degenerate (w or h <= 0), %d smaller than %g px, %d malformed lines",
+                split, r, stats["images"], stats["boxes_read"], stats["kept"], stats["invalid"],
+                stats["degenerate"], stats["small"], self.min_face, stats["malformed"],
             )
-        self.annotations, self._parse_stats = parse_wider_annotations(gt_file, self.min_face)
-        if not self.annotations:
-            raise ValueError(f"no images listed in {gt_file}")
         #: Images that could not be loaded: path -> reason (this process only).
         self.bad_images: Dict[str, str] = {}
         self._outside: Dict[int, int] = {}
-        s = self._parse_stats
-        log.info(
-            "WIDER FACE %s: %d images, %d boxes read, %d kept; skipped %d invalid-flagged, "
-            "%d degenerate (w or h <= 0), %d smaller than %g px, %d malformed lines",
-            split, s["images"], s["boxes_read"], s["kept"], s["invalid"], s["degenerate"],
-            s["small"], self.min_face, s["malformed"],
-        )
 
     # -- bookkeeping ---------------------------------------------------------
     @property
@@ -295,8 +323,11 @@ class WiderFaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
+    def _root_of(self, index: int) -> int:
+        return bisect.bisect_right(self._root_starts, index) - 1
+
     def image_path(self, index: int) -> Path:
-        return self.image_dir / self.annotations[index].path
+        return self._image_dirs[self._root_of(index)] / self.annotations[index].path
 
     def _mark_bad(self, path: str, reason: str) -> None:
         if path not in self.bad_images:
@@ -306,7 +337,7 @@ class WiderFaceDataset(Dataset):
     def load(self, index: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """The image (uint8 BGR) and its boxes clipped to it, or ``None`` for a bad image."""
         ann = self.annotations[index]
-        path = str(self.image_dir / ann.path)
+        path = str(self.image_path(index))
         if path in self.bad_images:
             return None
         img, reason = read_image_bgr8(path)
@@ -342,11 +373,11 @@ class WiderFaceDataset(Dataset):
             if loaded is not None:
                 break
         else:
-            raise RuntimeError(f"no loadable image in {self.image_dir} ({len(self.bad_images)} bad)")
+            raise RuntimeError(f"no loadable image in {[str(d) for d in self._image_dirs]} ({len(self.bad_images)} bad)")
         img, boxes = loaded
         ann = self.annotations[j]
         meta: Dict[str, Any] = {
-            "path": str(self.image_dir / ann.path),
+            "path": str(self.image_path(j)),
             "name": os.path.splitext(ann.path)[0],
             "index": j,
             "requested_index": index,

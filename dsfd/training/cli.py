@@ -8,6 +8,10 @@ Examples::
     # several GPUs / nodes: --batch-size is the global batch, split over the ranks
     torchrun --nproc_per_node=8 -m dsfd train --backbone resnet152 --out runs/r152
 
+    # mix several WIDER-layout roots; bf16 autocast on a CPU with bf16 in hardware
+    dsfd train --backbone lite --fem-norm --data ../shared/data/widerface \
+        --data ../shared/data/widerface_extra --amp bf16 --device cpu --out runs/lite
+
     # CPU smoke run with the tiny network
     dsfd train --backbone tiny --size 160 --batch-size 4 --iters 50 --workers 0 --out /tmp/tiny
 
@@ -49,7 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
+    g.add_argument("--data", action="append", metavar="ROOT",
+                   help="WIDER FACE root; repeat to mix several WIDER-layout roots "
+                        "(default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
     g.add_argument("--size", type=int, default=d.size, help="square training input side")
     g.add_argument("--augment", choices=["full", "none"], default=d.augment,
                    help="full: photometric + data-anchor-sampling/SSD crops + flip; none: resize only")
@@ -58,7 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers per rank")
     m = p.add_argument_group("model")
     m.add_argument("--network", default=d.network, choices=["paper"], help="network (the dual-shot paper DSFD)")
-    m.add_argument("--backbone", default=d.backbone, choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny"])
+    m.add_argument("--backbone", default=d.backbone, choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"])
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
     m.add_argument("--backbone-weights", help="local torchvision-format ImageNet state_dict for the backbone")
     m.add_argument("--fem-norm", action="store_true",
@@ -84,9 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r = p.add_argument_group("runtime")
     r.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
-                   help="mixed precision (auto: bf16 on CUDA, none on CPU; fp16 uses a GradScaler)")
+                   help="mixed precision (auto: bf16 on CUDA and on CPUs with bf16 in hardware, e.g. "
+                        "AVX-512 BF16 / AMX; none elsewhere; fp16 uses a GradScaler, CUDA only)")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on with CUDA)")
+                   help="channels_last memory format (default: on with CUDA and with CPU bf16)")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms, no cuDNN autotuning")
     r.add_argument("--seed", type=int, default=d.seed, help="initialisation, data order and augmentation")
     c = p.add_argument_group("output")
@@ -107,8 +114,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``dsfd train`` arguments."""
+    data = args.data
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
     return TrainConfig(
-        data=args.data, out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
+        data=data, out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
         backbone_weights=args.backbone_weights, fem_norm=args.fem_norm, init_weights=args.init_weights,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,

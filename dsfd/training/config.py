@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["TrainConfig", "WarmupMultiStep", "default_lr_steps", "default_warmup_iters"]
 
@@ -36,7 +36,9 @@ class TrainConfig:
     """Everything that defines a training run (also stored in checkpoints as ``args``).
 
     Attributes:
-        data: WIDER FACE root (``None``: :func:`dsfd.data_paths.wider_root`).
+        data: WIDER FACE root (``None``: :func:`dsfd.data_paths.wider_root`),
+            or a list of WIDER-layout roots whose training images are mixed
+            (validation uses the first root that has a val split).
         out: output folder (checkpoints, ``log.jsonl``).
         network, backbone, width_mult, backbone_weights: model (see
             :func:`dsfd.models.build_model`); ``backbone="tiny"`` is the
@@ -67,9 +69,10 @@ class TrainConfig:
         min_face: annotation filter (pixels in the original image).
         workers: DataLoader worker processes per rank.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        amp: ``"auto"`` (bf16 on CUDA, none on CPU), ``"bf16"``, ``"fp16"``
-            (with a GradScaler) or ``"none"``.
-        channels_last: ``None``: on for CUDA, off on CPU.
+        amp: ``"auto"`` (bf16 on CUDA and on CPUs with bf16 in hardware,
+            see :mod:`dsfd.precision`; none elsewhere), ``"bf16"``, ``"fp16"``
+            (with a GradScaler, CUDA only) or ``"none"``.
+        channels_last: ``None``: on for CUDA and for CPU bf16, off otherwise.
         bn: BatchNorm handling: ``"train"`` (batch statistics per rank),
             ``"frozen"`` (running statistics and affine parameters fixed, the
             usual choice with ImageNet weights and small per-GPU batches) or
@@ -90,7 +93,7 @@ class TrainConfig:
         progress: show a tqdm progress bar (rank 0).
     """
 
-    data: Optional[str] = None
+    data: Union[None, str, List[str]] = None
     out: str = "runs/dsfd"
     network: str = "paper"
     backbone: str = "resnet50"
@@ -142,6 +145,14 @@ class TrainConfig:
             raise ValueError(f"bn must be train, frozen or sync, got {self.bn!r}")
 
     # ------------------------------------------------------------------ derived
+    def data_roots(self) -> List[str]:
+        """``data`` as a list (empty: the default root)."""
+        if self.data is None:
+            return []
+        if isinstance(self.data, (list, tuple)):
+            return [str(d) for d in self.data]
+        return [str(self.data)]
+
     def resolved_lr_steps(self) -> Tuple[int, ...]:
         return tuple(int(s) for s in self.lr_steps) if self.lr_steps else default_lr_steps(self.iters)
 

@@ -180,7 +180,11 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     amp = cfg.amp
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+        # bf16 where the device computes it in hardware (CUDA; CPUs with
+        # AVX-512 BF16 / AMX), fp32 elsewhere: see dsfd.precision.
+        from ..precision import auto_dtype
+
+        amp = "bf16" if auto_dtype(device) == torch.bfloat16 else "none"
     if amp == "none":
         return None
     if amp == "fp16":
@@ -229,7 +233,9 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
         self.amp_dtype = _amp_dtype(cfg, device)
-        self.channels_last = device.type == "cuda" if cfg.channels_last is None else bool(cfg.channels_last)
+        # channels_last: on CUDA, and on CPU with bf16 (oneDNN's bf16 convolutions want NHWC).
+        default_cl = device.type == "cuda" or self.amp_dtype == torch.bfloat16
+        self.channels_last = default_cl if cfg.channels_last is None else bool(cfg.channels_last)
         if cfg.batch_size % self.info.world_size:
             raise ValueError(f"batch size {cfg.batch_size} is not divisible by the world size {self.info.world_size}")
         self.local_batch = cfg.batch_size // self.info.world_size
@@ -321,13 +327,16 @@ class Trainer:
         np.random.seed(seed & 0xFFFFFFFF)
         torch.manual_seed(seed)
 
+    def _data_roots(self) -> List[Path]:
+        return [Path(r) for r in self.cfg.data_roots()] or [wider_root()]
+
     def _data_root(self) -> Path:
-        return Path(self.cfg.data) if self.cfg.data else wider_root()
+        return self._data_roots()[0]
 
     def _build_train_dataset(self) -> Dataset:
         cfg = self.cfg
         tf = TrainTransform(size=cfg.size) if cfg.augment == "full" else EvalTransform(size=cfg.size)
-        ds = WiderFaceDataset(self._data_root(), "train", transform=tf, min_face=cfg.min_face, seed=cfg.seed)
+        ds = WiderFaceDataset(self._data_roots(), "train", transform=tf, min_face=cfg.min_face, seed=cfg.seed)
         sel = cfg.train_images
         if isinstance(sel, (list, tuple)):
             return IndexSubset(ds, sel)
@@ -336,14 +345,25 @@ class Trainer:
         return ds
 
     def _build_val_dataset(self) -> Optional[Dataset]:
-        try:
-            return WiderFaceDataset(
-                self._data_root(), "val", transform=EvalTransform(size=self.cfg.size),
-                min_face=self.cfg.min_face, seed=self.cfg.seed,
-            )
-        except FileNotFoundError as e:
-            log.warning("no validation split (%s): validation disabled", e)
-            return None
+        # the val split of the first root that has one (extra roots laid out
+        # as a training split have none)
+        for root in self._data_roots():
+            if (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
+                return WiderFaceDataset(
+                    root, "val", transform=EvalTransform(size=self.cfg.size),
+                    min_face=self.cfg.min_face, seed=self.cfg.seed,
+                )
+        log.warning("no validation split under %s: validation disabled", [str(r) for r in self._data_roots()])
+        return None
+
+    def data_counts(self) -> List[Dict[str, Any]]:
+        """Images and kept boxes per training data root (also in the log and checkpoints)."""
+        ds = self.train_dataset
+        base = ds.base if isinstance(ds, IndexSubset) else ds
+        counts = getattr(base, "root_counts", None)
+        if counts is None:
+            return [{"root": "custom dataset", "images": len(ds), "boxes": None}]
+        return [dict(c) for c in counts]
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -384,6 +404,7 @@ class Trainer:
                 "global_batch": int(self.cfg.batch_size),
                 "seed": int(self.cfg.seed),
                 "world_size": int(self.info.world_size),
+                "roots": self.data_counts(),
             },
             "args": self.cfg.to_dict(),
         }
@@ -545,10 +566,14 @@ class Trainer:
             "world_size": info.world_size, "device": str(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none",
             "channels_last": self.channels_last, "train_images": len(self.train_dataset),
+            "data_roots": self.data_counts(),
             "batches_per_epoch": sampler.batches_per_epoch, "lr_schedule": repr(self.schedule),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         })
+        if info.is_main:
+            for c in self.data_counts():
+                log.info("training data: %s: %s images, %s boxes", c["root"], c["images"], c["boxes"])
         pbar = None
         if cfg.progress and info.is_main:
             from tqdm.auto import tqdm
