@@ -50,6 +50,7 @@ def tiny_cfg(out: Path, **kw: Any) -> TrainConfig:
         data=str(WIDER), out=str(out), backbone="tiny", size=128, batch_size=2, iters=7, lr=1e-2,
         workers=0, val_every=0, ckpt_every=0, log_every=1, progress=False, seed=3, train_images=6,
         deterministic=True,
+        amp="none",  # exact comparisons; "auto" would pick bf16 on CPUs with bf16 in hardware
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -367,6 +368,83 @@ def test_cli_train_resume_and_load_weights(tmp_path):
         assert model.config["backbone"] == "tiny" and model.config["fem_norm"] is True and model.fem.has_norm
         for k, v in model.state_dict().items():
             assert torch.equal(v, ck["model"][k]), k
+
+
+def test_cli_train_mixes_data_roots(tmp_path):
+    """``--data A --data B``: both roots are read, counted in the log and in the checkpoint."""
+    from test_data import make_wider_tree
+
+    from dsfd.cli import main
+
+    a = make_wider_tree(tmp_path / "a", n_images=3, size=(128, 160), seed=1)
+    b = make_wider_tree(tmp_path / "b", n_images=5, size=(128, 160), seed=2)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(a), "--data", str(b), "--backbone", "tiny", "--size", "128",
+                 "--batch-size", "2", "--iters", "2", "--workers", "0", "--out", str(out), "--val-every", "0",
+                 "--no-progress", "--amp", "none"]) == 0
+    start = [r for r in read_log(out) if r["type"] == "start"][0]
+    assert start["args"]["data"] == [str(a), str(b)]
+    assert start["train_images"] == 8
+    assert start["data_roots"] == [{"root": str(a), "images": 3, "boxes": 9},
+                                   {"root": str(b), "images": 5, "boxes": 15}]
+    assert load_checkpoint(out / "last.pt")["data"]["roots"] == start["data_roots"]
+    # one root stays a plain string in the config
+    assert TrainConfig(data=str(a)).data_roots() == [str(a)] and TrainConfig().data_roots() == []
+
+
+def test_amp_auto_follows_cpu_bf16_support(tmp_path, monkeypatch):
+    from dsfd.training.trainer import _amp_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("DSFD_CPU_BF16", "1")
+    assert _amp_dtype(TrainConfig(amp="auto"), cpu) == torch.bfloat16
+    monkeypatch.setenv("DSFD_CPU_BF16", "0")
+    assert _amp_dtype(TrainConfig(amp="auto"), cpu) is None
+    assert _amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16  # asked for explicitly
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        _amp_dtype(TrainConfig(amp="fp16"), cpu)
+
+
+def test_cpu_bf16_training_step_close_to_fp32():
+    """A bf16-autocast channels_last CPU step gives a finite loss and gradients close to fp32's.
+
+    The tiny network's FEM branch widths (21, 42, 85 at 320 px) are the ones
+    for which oneDNN's bf16 channels_last dilated-conv weight gradient is NaN
+    (or crashes) on AVX-512 BF16 CPUs; the FEM routes those convs through
+    NCHW, which this test would catch if it stopped doing so.
+    """
+    from dsfd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("paper", "tiny", fem_norm=True).train()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 320, 320, generator=g) * 255 - 117
+    gt = torch.tensor([[[0.1, 0.1, 0.3, 0.35], [0.5, 0.4, 0.9, 0.95]], [[0.2, 0.2, 0.26, 0.28], [0, 0, 0, 0]]])
+    counts = torch.tensor([2, 1])
+    crit = ProgressiveAnchorLoss()
+
+    def step(amp: bool):
+        m = model
+        x = images
+        if amp:
+            import copy
+
+            m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            x = images.contiguous(memory_format=torch.channels_last)
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = m(x, shots=(1, 2))
+        loss, _ = crit(out.first, out.second, gt, counts)
+        loss.backward()
+        grads = torch.cat([p.grad.float().flatten() for p in m.parameters() if p.grad is not None])
+        return loss.detach(), grads
+
+    loss32, g32 = step(False)
+    loss16, g16 = step(True)
+    assert torch.isfinite(loss16) and torch.isfinite(g16).all()
+    assert abs(loss16.item() - loss32.item()) <= 0.05 * loss32.item()
+    cos = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cos > 0.95, cos
 
 
 # --------------------------------------------------------------------------- CUDA

@@ -64,6 +64,39 @@ def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, re
     return upsample_mul_reference(upper, lateral, align_corners=align_corners, relu=relu)
 
 
+# --------------------------------------------------------------------------- oneDNN workaround
+
+
+def _bf16_dilated_hazard(conv: nn.Conv2d, x: Tensor) -> bool:
+    """True where oneDNN's CPU bf16 channels_last dilated-conv weight gradient is broken.
+
+    Measured with torch 2.14.1 on an AVX-512 BF16 CPU: under CPU bf16
+    autocast, the backward of a *dilated* conv run channels_last (input or
+    weight in that format) whose input or output width is above 16 and not a multiple of 16 (e.g.
+    21, 24, 42, 85) returns NaN weight gradients or crashes the process,
+    depending on the map size. The same conv on an NCHW input is correct.
+    """
+    if conv.dilation[0] == 1 or x.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    if not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    w = conv.weight
+    if (x.is_contiguous() or x.dim() != 4) and (w.is_contiguous() or w.dim() != 4):
+        return False  # already NCHW
+    return any(c > 16 and c % 16 != 0 for c in (conv.in_channels, conv.out_channels))
+
+
+def _conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)``, computed on NCHW copies of ``x`` and the weight where :func:`_bf16_dilated_hazard` applies.
+
+    Both must be NCHW: PyTorch picks channels_last when either one is.
+    """
+    if not _bf16_dilated_hazard(conv, x):
+        return conv(x)
+    return F.conv2d(x.contiguous(), conv.weight.contiguous(), conv.bias, conv.stride, conv.padding,
+                    conv.dilation, conv.groups)
+
+
 # --------------------------------------------------------------------------- branch fusion
 
 
@@ -246,9 +279,9 @@ class FEMBranches(_FusingModule):
     def _forward_norm(self, x: Tensor) -> Tensor:
         assert self.norms is not None
         n = self.norms
-        x1 = n[0](self.branch1(x))
-        x2 = n[2](self.branch2[2](F.relu(n[1](self.branch2[0](x)))))
-        x3 = n[5](self.branch3[4](F.relu(n[4](self.branch3[2](F.relu(n[3](self.branch3[0](x))))))))
+        x1 = n[0](_conv(self.branch1, x))
+        x2 = n[2](_conv(self.branch2[2], F.relu(n[1](_conv(self.branch2[0], x)))))
+        x3 = n[5](_conv(self.branch3[4], F.relu(n[4](_conv(self.branch3[2], F.relu(n[3](_conv(self.branch3[0], x))))))))
         return F.relu(torch.cat([x1, x2, x3], 1), inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -261,7 +294,9 @@ class FEMBranches(_FusingModule):
             x2 = self.branch2[2](F.relu(y[:, c1 : c1 + c2]))
             x3 = self.branch3[4](F.relu(self.branch3[2](F.relu(y[:, c1 + c2 :]))))
         else:
-            x1, x2, x3 = self.branch1(x), self.branch2(x), self.branch3(x)
+            x1 = _conv(self.branch1, x)
+            x2 = _conv(self.branch2[2], F.relu(_conv(self.branch2[0], x)))
+            x3 = _conv(self.branch3[4], F.relu(_conv(self.branch3[2], F.relu(_conv(self.branch3[0], x)))))
         return F.relu(torch.cat([x1, x2, x3], 1), inplace=True)
 
 
