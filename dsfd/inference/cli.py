@@ -62,11 +62,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "random network is used and its detections are meaningless)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (detected from --weights; "
                    "default paper without weights)")
-    m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny"],
+    m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
                    help="backbone (detected from --weights; default resnet50 without weights)")
     m.add_argument("--device", default=None, help="cuda, cpu or cuda:N (default: cuda when available)")
-    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="network precision (float16: CUDA only)")
+    m.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="network precision (auto: bfloat16 on CUDA and on CPUs with bf16 in hardware, "
+                        "float32 elsewhere; float16: CUDA only)")
     d = p.add_argument_group("detection")
     d.add_argument("--score-threshold", type=float, default=0.01, help="pre-NMS score threshold (0.01)")
     d.add_argument("--nms-threshold", type=float, default=0.3, help="NMS IoU threshold (0.3)")
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
         return _error("no image or video inputs found")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -358,7 +359,8 @@ def run(args: argparse.Namespace) -> int:
         "images": stats["images"], "videos": stats["videos"], "video_frames": stats["frames"],
         "faces": stats["faces"], "face_score_threshold": draw_min, "seconds": round(elapsed, 3),
         "images_per_second": round(rate, 3), "skipped": stats["skipped"], "notes": stats["notes"],
-        "ignored_files": ignored, "detector": repr(detector), "out": str(args.out),
+        "ignored_files": ignored, "detector": repr(detector), "device": str(detector.device),
+        "dtype": str(detector.dtype).replace("torch.", ""), "out": str(args.out),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     line = f"{stats['images']} image(s)"
@@ -373,5 +375,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped {s['path']}: {s['reason']}")
     for n in stats["notes"]:
         print(f"  note {n['path']}: {n['note']}")
+    print(f"  ran on {detector.device} in {str(detector.dtype).replace('torch.', '')}"
+          f"{' (channels_last)' if detector.channels_last else ''}")
     print(f"outputs written to {args.out}")
     return 1 if stats["skipped"] else 0

@@ -21,6 +21,12 @@ convolutions) at ``features.31`` / ``features.33``.
 
 ``width_mult`` scales every width (for CPU smoke runs and tests);
 ``backbone="tiny"`` is a ResNet with one bottleneck per stage and 1/8 widths.
+
+``backbone="lite"`` (:class:`LiteBackbone`) is made for training from
+scratch on a few CPU cores and for fast CPU inference: plain 3x3 residual
+blocks with BatchNorm after every convolution (extras included), levels of
+32/48/96/144/96/96 channels at strides 4..128. It is the default model's
+backbone.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "ResNetBackbone",
+    "BasicBlock",
+    "LiteBackbone",
+    "LITE_WIDTHS",
+    "LITE_BLOCKS",
     "RESNET_LAYERS",
     "BACKBONES",
     "vgg16_layers",
@@ -57,7 +67,15 @@ RESNET_LAYERS: Dict[str, Tuple[int, int, int, int]] = {
     "tiny": (1, 1, 1, 1),
 }
 #: Names accepted by :func:`build_backbone`.
-BACKBONES: Tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "resnet152", "tiny")
+BACKBONES: Tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite")
+#: ``backbone="lite"``: channels of the six levels (strides 4, 8, ..., 128).
+#: Each is 32 or a multiple of 48, so the FEM's three branch widths
+#: (``C // 3``...) are at most 16 or multiples of 16: oneDNN's bf16
+#: channels_last weight gradient of a *dilated* conv returns NaN for other
+#: widths above 16 (measured here with torch 2.14.1, e.g. 21, 24, 42).
+LITE_WIDTHS: Tuple[int, ...] = (32, 48, 96, 144, 96, 96)
+#: ``backbone="lite"``: residual blocks at strides 4, 8, 16, 32.
+LITE_BLOCKS: Tuple[int, ...] = (1, 2, 3, 2)
 #: Width multiplier used by ``backbone="tiny"`` unless one is given.
 TINY_WIDTH_MULT = 0.125
 
@@ -316,13 +334,123 @@ class ResNetBackbone(ResNet):
         return outs
 
 
+# --------------------------------------------------------------------------- lite
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs with BatchNorm; 1x1 projection when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class LiteBackbone(nn.Module):
+    """A small all-BatchNorm backbone for DSFD trained from scratch (``backbone="lite"``).
+
+    Stem: two stride-2 3x3 convs (3 -> ``w0/2`` -> ``w0``) reach stride 4;
+    then residual basic-block stages at strides 4, 8, 16, 32
+    (``LITE_BLOCKS`` blocks, the first of each later stage strided), and two
+    extra levels (1x1 reduce, 3x3 stride 2; BatchNorm and ReLU on both) at
+    strides 64 and 128. Every convolution is followed by BatchNorm, which is
+    what makes training from scratch reliable (DSOD, ScratchDet); the last
+    BatchNorm of each residual branch starts at zero so every block starts as
+    the identity.
+
+    Why this shape: on 2 CPU cores dense 3x3 convolutions are what oneDNN
+    runs fastest (depthwise ones are memory-bound, and their backward is
+    slow), and the stride-4 level that finds the smallest faces is kept
+    narrow (32 channels), since it covers 16x more positions than stride 16.
+
+    Args:
+        widths: channels of the six levels (default :data:`LITE_WIDTHS`).
+        blocks: basic blocks at strides 4, 8, 16, 32 (default :data:`LITE_BLOCKS`).
+        width_mult: scales every width.
+
+    ``forward(x) -> List[Tensor]``: six maps, ``ceil(H / stride)`` high.
+    """
+
+    l2norm_scales: Optional[Tuple[float, ...]] = None
+
+    def __init__(
+        self,
+        widths: Sequence[int] = LITE_WIDTHS,
+        blocks: Sequence[int] = LITE_BLOCKS,
+        width_mult: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 6 or len(blocks) != 4:
+            raise ValueError(f"expected 6 widths and 4 block counts, got {len(widths)} and {len(blocks)}")
+        w = [scaled(c, width_mult) for c in widths]
+        self.width_mult = width_mult
+        half = max(1, w[0] // 2)
+        self.stem = nn.Sequential(_conv_bn_relu(3, half, stride=2), _conv_bn_relu(half, w[0], stride=2))
+        stages = []
+        c_in = w[0]
+        for i, n in enumerate(blocks):
+            layers = [BasicBlock(c_in, w[i], stride=1 if i == 0 else 2)]
+            layers += [BasicBlock(w[i], w[i]) for _ in range(1, n)]
+            stages.append(nn.Sequential(*layers))
+            c_in = w[i]
+        self.stages = nn.ModuleList(stages)
+        self.extras = nn.ModuleList()
+        for i in (4, 5):
+            mid = max(1, w[i] // 2)
+            self.extras.append(nn.Sequential(_conv_bn_relu(c_in, mid, kernel=1), _conv_bn_relu(mid, w[i], stride=2)))
+            c_in = w[i]
+        self.out_channels: List[int] = list(w)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        x = self.stem(x)
+        outs: List[Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        for extra in self.extras:
+            x = extra(x)
+            outs.append(x)
+        return outs
+
+
 def build_backbone(
     name: str,
     width_mult: Optional[float] = None,
     conv6_dilation: int = 3,
     weights: Optional[PathLike] = None,
 ) -> nn.Module:
-    """Paper-style backbone by name (``vgg16``, ``resnet50/101/152``, ``tiny``).
+    """Paper-style backbone by name (``vgg16``, ``resnet50/101/152``, ``tiny``, ``lite``).
 
     Args:
         name: backbone name.
@@ -338,6 +466,10 @@ def build_backbone(
         width_mult = TINY_WIDTH_MULT if name == "tiny" else 1.0
     if name == "vgg16":
         bb: nn.Module = VGG16Backbone(conv6_dilation=conv6_dilation, width_mult=width_mult)
+    elif name == "lite":
+        if weights is not None:
+            raise ValueError("backbone 'lite' has no ImageNet weights (it is trained from scratch)")
+        bb = LiteBackbone(width_mult=width_mult)
     else:
         bb = ResNetBackbone(RESNET_LAYERS[name], width_mult=width_mult)
     if weights is not None:
