@@ -1,30 +1,33 @@
-"""End-to-end and model-only frames per second: this package's fast path vs plain PyTorch.
+"""End-to-end and model-only frames per second: this package vs the baseline people run.
 
-Both paths run the same network with the same (random, calibrated) weights in
-one process:
+All paths run the same network with the same weights in one process:
 
-* **dsfd** (optimised): :class:`dsfd.inference.Detector` - one host-to-device
-  copy of the ``uint8`` images, normalisation on the device, channels_last
-  (CUDA), fp16/bf16 autocast when ``--dtype`` asks, fused FEM branch
-  convolutions and the fused ``upsample_mul`` kernel, cached anchors, and the
-  compiled ``decode_boxes`` / ``batched_nms`` ops for the whole batch;
-* **plain**: float32, ``dsfd.models.fem.use_fused_ops = False``, unfused FEM
-  branches, NCHW, and the plain-PyTorch references of
-  :mod:`dsfd.ops.reference` for decoding and NMS (NMS loops over images).
+* **dsfd auto**: :class:`dsfd.inference.Detector` as users get it - the
+  precision it picks by itself (:func:`dsfd.precision.auto_dtype`: bf16
+  autocast + channels_last on CPUs with bf16 in hardware and on CUDA, fp32
+  elsewhere), one host-to-device copy of the ``uint8`` images,
+  normalisation on the device, fused FEM branch convolutions and the fused
+  ``upsample_mul`` kernel, cached anchors, and the compiled
+  ``decode_boxes`` / ``batched_nms`` ops for the whole batch;
+* **dsfd fp32**: the same with ``dtype=torch.float32`` (forced);
+* **baseline**: what users of the popular public re-implementations get:
+  float32, NCHW, unfused FEM branches and the plain-PyTorch top-down step,
+  anchors recomputed on every call, softmax / decode per image and
+  ``torchvision.ops.nms`` per image (top 5000 above 0.01, keep 750).
 
 "End-to-end" is ``uint8 [H, W, 3]`` images in host memory to ``[K, 5]`` boxes
 in host memory; "model" is the network's forward on a prepared device tensor.
 Times are medians (CUDA: synchronised, model-only with CUDA events).
 
-    python benchmarks/fps.py --res vga                       # CPU here: ~2-3 min on 2 cores
+    python benchmarks/fps.py --res vga                                  # paper ResNet50, random weights
+    python benchmarks/fps.py --network released --backbone resnet152    # the authors' network
+    python benchmarks/fps.py --weights default                          # the packaged default model
     python benchmarks/fps.py --res hd --device cuda --batch 1,16 --dtype float16 [--cuda-graphs] [--compile]
-    python benchmarks/fps.py --backbone vgg16 --network paper --iters 50 --out $OUT/fps.json
 
-Default: the paper's dual-shot network with a ResNet50 backbone (second
-shot only, as at test time), 640 x 480, RANDOM weights (speed does not
-depend on the weights; the detections are meaningless). Results are printed
-as a table and written to ``benchmarks/results/fps_<device>_<res>_<host>.json``
-with the hardware and versions.
+Random weights (the default) are calibrated so the box counts are realistic;
+speed does not depend on the weights. Results are printed as a table and
+written to ``benchmarks/results/fps_<device>_<res>_<host>.json`` with the
+hardware and versions.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,12 +53,13 @@ import dsfd  # noqa: E402
 import dsfd.models.fem as fem  # noqa: E402
 from dsfd.inference import Detector  # noqa: E402
 from dsfd.inference.detector import _dead_leaves, _face_outputs, calibrate_random_model  # noqa: E402
-from dsfd.models import build_model  # noqa: E402
+from dsfd.models import build_model, load_weights  # noqa: E402
+from dsfd.models.anchors import clear_anchor_cache  # noqa: E402
 from dsfd.ops import reference as ref  # noqa: E402
 from kernels import hardware_info, write_result  # noqa: E402
 
 RESOLUTIONS: Dict[str, Tuple[int, int]] = {"vga": (640, 480), "hd": (1280, 720), "fullhd": (1920, 1080)}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_res(res: str) -> Tuple[int, int]:
@@ -112,17 +117,18 @@ class Timer:
         return times
 
 
-# --------------------------------------------------------------------------- the plain path
+# --------------------------------------------------------------------------- the baseline
 
 
-class PlainDetector:
-    """The unoptimised reference pipeline (float32, unfused, reference ops, per-image NMS loop)."""
+class BaselineDetector:
+    """The pipeline of the popular re-implementations: fp32, NCHW, unfused, per-image torchvision NMS."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, score_threshold: float = 0.01,
                  nms_threshold: float = 0.3, top_k: int = 5000, keep_top_k: int = 750) -> None:
         self.model = model.to(device).eval()
         self.device = device
-        self.args = (nms_threshold, score_threshold, top_k, keep_top_k)
+        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+        self.top_k, self.keep_top_k = top_k, keep_top_k
 
     def preprocess(self, images: List[np.ndarray]) -> torch.Tensor:
         x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float().contiguous()
@@ -131,6 +137,7 @@ class PlainDetector:
     def forward(self, x: torch.Tensor) -> Any:
         prev = fem.use_fused_ops
         fem.use_fused_ops = False
+        clear_anchor_cache()  # the re-implementations build their priors on every call
         try:
             return self.model(x)
         finally:
@@ -141,14 +148,50 @@ class PlainDetector:
             x = self.preprocess(images)
             loc, conf, anchors = _face_outputs(self.forward(x))
             H, W = x.shape[-2:]
-            scores = torch.softmax(conf, -1)[..., 1]
-            boxes = ref.decode_boxes(loc, anchors) * torch.tensor([W, H, W, H], device=self.device)
-            kb, ks, _, counts = ref.batched_nms(boxes, scores, *self.args)
-            dets = torch.cat([kb, ks[..., None]], -1).cpu().numpy()
-            return [dets[b, :n] for b, n in enumerate(counts.cpu().tolist())]
+            scale = torch.tensor([W, H, W, H], dtype=torch.float32, device=self.device)
+            out = []
+            for b in range(x.shape[0]):
+                scores = torch.softmax(conf[b].float(), -1)[:, 1]
+                boxes = ref.decode_boxes(loc[b].float(), anchors) * scale
+                keep = scores > self.score_threshold
+                scores, boxes = scores[keep], boxes[keep]
+                order = scores.argsort(descending=True)[: self.top_k]
+                scores, boxes = scores[order], boxes[order]
+                kept = torchvision.ops.nms(boxes, scores, self.nms_threshold)[: self.keep_top_k]
+                out.append(torch.cat([boxes[kept], scores[kept, None]], 1).cpu().numpy())
+            return out
 
 
 # --------------------------------------------------------------------------- main
+
+
+def _top_box_agreement(a: np.ndarray, b: np.ndarray, k: int = 50) -> Dict[str, float]:
+    """Of the top-``k`` boxes of ``b`` (reference), the share matched in ``a`` at IoU > 0.95, and the min IoU."""
+    if len(b) == 0:
+        return {"top_k": 0, "matched_share": 1.0 if len(a) == 0 else 0.0, "min_iou": 1.0}
+    ref_top = torch.from_numpy(b[:k, :4])
+    if len(a) == 0:
+        return {"top_k": int(len(ref_top)), "matched_share": 0.0, "min_iou": 0.0}
+    best = torchvision.ops.box_iou(ref_top, torch.from_numpy(a[:, :4])).max(1).values
+    return {"top_k": int(len(ref_top)), "matched_share": round(float((best > 0.95).float().mean()), 4),
+            "min_iou": round(float(best.min()), 4)}
+
+
+def _build(args: argparse.Namespace, fuse: bool) -> torch.nn.Module:
+    if args.weights:
+        from dsfd.inference.detector import default_weights_path
+
+        path = default_weights_path() if args.weights == "default" else args.weights
+        if path is None:
+            raise SystemExit("--weights default: no packaged default model (dsfd/weights/default.pth)")
+        model = load_weights(path, map_location="cpu")
+        if not fuse and hasattr(model, "fem"):
+            for m in model.modules():
+                if hasattr(m, "fuse_branches"):
+                    m.fuse_branches = False
+        return model.eval()
+    model = build_model(args.network, args.backbone, **({} if fuse else {"fuse_branches": False})).eval()
+    return model
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -156,7 +199,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device available")
-    dtype = DTYPES[args.dtype or ("float16" if cuda else "float32")]
     iters = args.iters or (50 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
     batches = [int(b) for b in (args.batch or ("1,16" if cuda else "1")).split(",")]
@@ -165,70 +207,90 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(0)
-    fast_model = build_model(args.network, args.backbone).eval()
-    calibrate_random_model(fast_model)
-    plain_model = build_model(args.network, args.backbone, fuse_branches=False).eval()
-    plain_model.load_state_dict(copy.deepcopy(fast_model.state_dict()))
-    detector = Detector(model=fast_model, device=device, dtype=dtype, channels_last=args.channels_last,
-                        cuda_graphs=args.cuda_graphs, compile=args.compile)
-    plain = PlainDetector(plain_model, device)
+    fast_model = _build(args, fuse=True)
+    if not args.weights:
+        calibrate_random_model(fast_model)
+    base_model = _build(args, fuse=False)
+    base_model.load_state_dict(copy.deepcopy(fast_model.state_dict()))
+    fp32_model = copy.deepcopy(fast_model)
+    auto = Detector(model=fast_model, device=device, dtype=DTYPES[args.dtype], channels_last=args.channels_last,
+                    cuda_graphs=args.cuda_graphs, compile=args.compile)
+    fp32 = Detector(model=fp32_model, device=device, dtype=torch.float32)
+    baseline = BaselineDetector(base_model, device)
     timer = Timer(device, warmup, iters)
+    auto_name = f"dsfd {args.dtype}"
 
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
+    agreement: Dict[str, Any] = {}
     images, source = test_images(width, height, max(batches))
     for batch in batches:
         imgs = images[:batch]
-        # model only: prepared device tensors
         x_u8 = torch.from_numpy(np.stack(imgs)).to(device)
         with torch.inference_mode():
-            x_fast = x_u8.permute(0, 3, 1, 2).float() - detector._mean
-            if not detector.channels_last:
-                x_fast = x_fast.contiguous()
-            x_plain = plain.preprocess(imgs)
+            xs = {}
+            for name, det in ((auto_name, auto), ("dsfd float32", fp32)):
+                x = x_u8.permute(0, 3, 1, 2).float() - det._mean
+                xs[name] = x if det.channels_last else x.contiguous()
+            x_base = baseline.preprocess(imgs)
 
-        def fast_model_fn() -> None:
-            with torch.inference_mode(), detector._autocast():
-                detector._network(x_fast)
+        def model_fn(det: Detector, x: torch.Tensor) -> Callable[[], None]:
+            def fn() -> None:
+                with torch.inference_mode(), det._autocast():
+                    det._network(x)
+            return fn
 
-        def plain_model_fn() -> None:
+        def base_model_fn() -> None:
             with torch.inference_mode():
-                plain.forward(x_plain)
+                baseline.forward(x_base)
 
-        for name, model_fn, e2e_fn in (
-            ("dsfd", fast_model_fn, lambda: detector.detect_batch(imgs)),
-            ("plain", plain_model_fn, lambda: plain.detect_batch(imgs)),
-        ):
-            t_model = timer(model_fn, device_only=True)
+        paths = [
+            (auto_name, auto.dtype, auto.channels_last, model_fn(auto, xs[auto_name]), lambda: auto.detect_batch(imgs)),
+            ("dsfd float32", torch.float32, fp32.channels_last, model_fn(fp32, xs["dsfd float32"]),
+             lambda: fp32.detect_batch(imgs)),
+            ("baseline", torch.float32, False, base_model_fn, lambda: baseline.detect_batch(imgs)),
+        ]
+        for name, dtype, cl, model_fn_, e2e_fn in paths:
+            t_model = timer(model_fn_, device_only=True)
             t_e2e = timer(e2e_fn)
             m, e = statistics.median(t_model), statistics.median(t_e2e)
-            row = {"path": name, "batch": batch, "dtype": str(dtype if name == "dsfd" else torch.float32),
+            row = {"path": name, "batch": batch, "dtype": str(dtype).replace("torch.", ""), "channels_last": cl,
                    "model_ms": round(m * 1e3, 2), "model_fps": round(batch / m, 3),
                    "e2e_ms": round(e * 1e3, 2), "e2e_fps": round(batch / e, 3),
                    "model_times_ms": [round(t * 1e3, 2) for t in t_model],
                    "e2e_times_ms": [round(t * 1e3, 2) for t in t_e2e]}
             rows.append(row)
-            print(f"  {name:5s} batch {batch:3d}: model {row['model_ms']:9.1f} ms, e2e {row['e2e_ms']:9.1f} ms",
+            print(f"  {name:14s} batch {batch:3d}: model {row['model_ms']:9.1f} ms, e2e {row['e2e_ms']:9.1f} ms",
                   flush=True)
-        # sanity: both paths find the same faces (float32 only; autocast changes the numbers)
-        fast_dets, plain_dets = detector.detect_batch(imgs[:1])[0], plain.detect_batch(imgs[:1])[0]
-        plain_clipped = plain_dets.copy()
-        plain_clipped[:, 0:4:2] = plain_clipped[:, 0:4:2].clip(0, width)
-        plain_clipped[:, 1:4:2] = plain_clipped[:, 1:4:2].clip(0, height)
-        keep = (plain_clipped[:, 2] > plain_clipped[:, 0]) & (plain_clipped[:, 3] > plain_clipped[:, 1])
-        notes.append(f"batch {batch}: dsfd path {len(fast_dets)} detections, plain path {int(keep.sum())} "
-                     f"(after clipping) on image 0")
+        # same faces? dsfd fp32 vs the baseline (clipped), and the automatic precision vs fp32 (top 50 boxes)
+        d_auto, d_fp32, d_base = (auto.detect_batch(imgs[:1])[0], fp32.detect_batch(imgs[:1])[0],
+                                  baseline.detect_batch(imgs[:1])[0])
+        d_base = d_base.copy()
+        d_base[:, 0:4:2] = d_base[:, 0:4:2].clip(0, width)
+        d_base[:, 1:4:2] = d_base[:, 1:4:2].clip(0, height)
+        d_base = d_base[(d_base[:, 2] > d_base[:, 0]) & (d_base[:, 3] > d_base[:, 1])]
+        agreement[f"batch {batch}"] = {
+            "auto_vs_fp32": _top_box_agreement(d_auto, d_fp32),
+            "fp32_vs_baseline": _top_box_agreement(d_fp32, d_base),
+        }
+        notes.append(f"batch {batch}: image 0 gives {len(d_auto)} ({auto_name}), {len(d_fp32)} (dsfd float32), "
+                     f"{len(d_base)} (baseline, clipped) detections")
 
+    cfg_model = dict(getattr(fast_model, "config", {}))
     result = {
         "benchmark": "fps",
-        "config": {"network": args.network, "backbone": args.backbone, "resolution": [width, height],
-                   "res": args.res, "batches": batches, "dtype": str(dtype), "iters": iters, "warmup": warmup,
-                   "channels_last": detector.channels_last, "cuda_graphs": args.cuda_graphs,
-                   "compile": args.compile, "weights": "random (calibrated); detections meaningless",
+        "config": {"network": cfg_model.get("network", args.network),
+                   "backbone": cfg_model.get("backbone", args.backbone), "resolution": [width, height],
+                   "res": args.res, "batches": batches, "dtype_requested": args.dtype,
+                   "dtype_chosen": str(auto.dtype).replace("torch.", ""), "channels_last": auto.channels_last,
+                   "iters": iters, "warmup": warmup, "cuda_graphs": args.cuda_graphs, "compile": args.compile,
+                   "weights": (str(args.weights) if args.weights
+                               else "random (calibrated); detections meaningless"),
                    "images": source, "score_threshold": 0.01, "nms_threshold": 0.3, "top_k": 5000,
                    "keep_top_k": 750},
         "hardware": hardware_info(device.type),
         "results": rows,
+        "agreement": agreement,
         "notes": notes,
     }
     return result
@@ -239,16 +301,18 @@ def table(result: Dict[str, Any]) -> str:
     lines = [
         f"DSFD {cfg['network']}/{cfg['backbone']} at {cfg['resolution'][0]}x{cfg['resolution'][1]}, "
         f"device {result['hardware']['device']} ({result['hardware'].get('gpu') or result['hardware']['cpu']}), "
-        f"RANDOM weights, median of {cfg['iters']} after {cfg['warmup']} warm-up",
-        f"{'path':6s} {'batch':>5s} {'dtype':>15s} {'model ms':>10s} {'model FPS':>10s} {'e2e ms':>10s} "
-        f"{'e2e FPS':>9s} {'e2e speedup':>12s}",
+        f"weights: {cfg['weights']}, median of {cfg['iters']} after {cfg['warmup']} warm-up",
+        f"{'path':14s} {'batch':>5s} {'dtype':>9s} {'model ms':>10s} {'e2e ms':>10s} {'e2e FPS':>9s} "
+        f"{'time vs baseline':>17s}",
     ]
-    plain = {r["batch"]: r for r in result["results"] if r["path"] == "plain"}
+    base = {r["batch"]: r for r in result["results"] if r["path"] == "baseline"}
     for r in result["results"]:
-        p = plain.get(r["batch"])
-        speed = f"{p['e2e_ms'] / r['e2e_ms']:.2f}x" if p and r["path"] == "dsfd" else ""
-        lines.append(f"{r['path']:6s} {r['batch']:5d} {r['dtype'].replace('torch.', ''):>15s} {r['model_ms']:10.1f} "
-                     f"{r['model_fps']:10.2f} {r['e2e_ms']:10.1f} {r['e2e_fps']:9.2f} {speed:>12s}")
+        p = base.get(r["batch"])
+        ratio = f"{r['e2e_ms'] / p['e2e_ms']:.2f}x" if p else ""
+        lines.append(f"{r['path']:14s} {r['batch']:5d} {r['dtype']:>9s} {r['model_ms']:10.1f} "
+                     f"{r['e2e_ms']:10.1f} {r['e2e_fps']:9.2f} {ratio:>17s}")
+    for k, v in result.get("agreement", {}).items():
+        lines.append(f"agreement ({k}): auto vs fp32 {v['auto_vs_fp32']}, fp32 vs baseline {v['fp32_vs_baseline']}")
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines)
 
@@ -257,16 +321,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--res", default="vga", help="vga (640x480, default), hd (1280x720), fullhd, or WxH")
     parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default: 1 on CPU, 1,16 on CUDA)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None,
-                        help="optimised path precision (default: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                        help="precision of the first dsfd path (default auto: what Detector picks by itself)")
     parser.add_argument("--network", choices=["paper", "released"], default="paper")
-    parser.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny"],
+    parser.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
                         default="resnet50")
+    parser.add_argument("--weights", default=None,
+                        help="weights file, or 'default' for the packaged default model (default: random weights "
+                             "of --network / --backbone)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default: 3 on CPU, 50 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                        help="force channels_last in the optimised path (default: on for CUDA only)")
+                        help="force channels_last in the first dsfd path (default: Detector's choice)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="optimised path: replay the whole pipeline as a CUDA graph (CUDA only)")
     parser.add_argument("--compile", action="store_true", help="optimised path: torch.compile the network (CUDA only)")
@@ -279,7 +346,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = run(args)
     print(table(result))
     device = result["hardware"]["device"]
-    write_result(result, args.out, f"fps_{device}_{args.res.lower()}")
+    tag = "default" if args.weights == "default" else f"{result['config']['network']}_{result['config']['backbone']}"
+    write_result(result, args.out, f"fps_{device}_{args.res.lower()}_{tag}")
     return 0
 
 

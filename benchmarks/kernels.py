@@ -74,6 +74,9 @@ def hardware_info(device: str) -> Dict[str, object]:
                     break
     except OSError:
         pass
+    from dsfd.precision import cpu_bf16_support, cpu_has_bf16
+
+    info["cpu_bf16"] = {**cpu_bf16_support(), "used": cpu_has_bf16()}
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
         info["gpu"] = p.name

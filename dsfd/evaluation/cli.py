@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--data", type=Path,
                    help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
     d.add_argument("--split", default="val", choices=["val"], help="split to run on (default val)")
+    d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="network precision with --weights (auto: bfloat16 where the device computes it "
+                        "in hardware, float32 elsewhere)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test as in the released DSFD evaluation (slow)")
     f = p.add_argument_group("FDDB")
@@ -68,7 +71,7 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _load_detector(weights: Path, accuracy_mode: bool) -> Callable:
+def _load_detector(weights: Path, accuracy_mode: bool, dtype: str = "auto") -> Callable:
     """The detector from ``dsfd.inference`` (imported only when needed).
 
     Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool)``
@@ -87,7 +90,7 @@ def _load_detector(weights: Path, accuracy_mode: bool) -> Callable:
     load = getattr(inference, "load_detector", None)
     if load is None:
         raise RuntimeError("dsfd.inference has no load_detector(weights, accuracy_mode=...) yet")
-    return load(str(weights), accuracy_mode=accuracy_mode)
+    return load(str(weights), accuracy_mode=accuracy_mode, dtype=dtype)
 
 
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
@@ -96,7 +99,9 @@ def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
 
     from .wider import write_prediction_file
 
-    detector = _load_detector(args.weights, args.accuracy_mode)
+    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"))
+    if not args.quiet:
+        print(f"detector: {detector!r}", file=sys.stderr)
     image_root = data_root / f"WIDER_{args.split}" / "images"
     unreadable = []
     items = list(zip(gt.events, gt.names))

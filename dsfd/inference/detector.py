@@ -323,14 +323,19 @@ class Detector:
             architecture instead of detecting it.
         device: ``"cuda"``, ``"cpu"``, a ``torch.device``, or ``None`` for CUDA
             when available.
-        dtype: ``torch.float32``, ``torch.float16`` (CUDA only) or
-            ``torch.bfloat16``: the autocast precision of the network;
-            post-processing is always float32.
+        dtype: ``None`` / ``"auto"`` (default): the fastest exact-enough
+            precision for the device (:func:`dsfd.precision.auto_dtype`:
+            bfloat16 autocast on CUDA and on CPUs with bf16 in hardware,
+            AVX-512 BF16 or AMX; float32 on other CPUs); or
+            ``torch.float32`` (forces fp32), ``torch.float16`` (CUDA only),
+            ``torch.bfloat16``. The autocast precision of the network;
+            post-processing is always float32. :attr:`dtype` holds the choice.
         score_threshold: face probability a box must exceed to enter NMS (0.01).
         nms_threshold: NMS IoU (0.3).
         top_k: boxes per image entering NMS (5000).
         keep_top_k: boxes per image kept after NMS (750).
-        channels_last: NHWC memory format (default: on for CUDA, off for CPU).
+        channels_last: NHWC memory format (default: on for CUDA and for
+            bf16 on CPU, where oneDNN's bf16 kernels want it; off for fp32 on CPU).
         compile: ``torch.compile`` the network (CUDA only; best with a fixed
             ``input_size``).
         cuda_graphs: capture the whole pipeline (normalisation, network,
@@ -364,7 +369,7 @@ class Detector:
         network: Optional[str] = None,
         backbone: Optional[str] = None,
         device: Union[None, str, torch.device] = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: Union[None, str, torch.dtype] = None,
         score_threshold: float = 0.01,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
@@ -379,14 +384,9 @@ class Detector:
         model: Optional[nn.Module] = None,
     ) -> None:
         self.device = self._resolve_device(device)
-        if isinstance(dtype, str):
-            dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-                     "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-                     "bf16": torch.bfloat16}.get(dtype.lower(), dtype)  # type: ignore[arg-type]
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
-        if dtype == torch.float16 and self.device.type != "cuda":
-            raise ValueError("dtype=torch.float16 needs a CUDA device; use torch.bfloat16 or torch.float32 on CPU")
+        from ..precision import resolve_dtype
+
+        dtype = resolve_dtype(dtype, self.device)
         if not 0.0 <= float(score_threshold) <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if not 0.0 < float(nms_threshold) <= 1.0:
@@ -409,7 +409,8 @@ class Detector:
         self.input_size = _as_hw(input_size)
         self.clip = bool(clip)
         self.accuracy_mode = bool(accuracy_mode)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        default_cl = self.device.type == "cuda" or dtype == torch.bfloat16
+        self.channels_last = default_cl if channels_last is None else bool(channels_last)
         self.random_weights = False
         self.weights: Optional[str] = None
 
@@ -492,7 +493,7 @@ class Detector:
         src = "random weights" if self.random_weights else (self.weights or "given model")
         return (
             f"Detector({cfg.get('network', '?')}/{cfg.get('backbone', '?')}, {src}, device={self.device}, "
-            f"dtype={self.dtype}, score_threshold={self.score_threshold}, nms_threshold={self.nms_threshold}, "
+            f"dtype={self.dtype}, channels_last={self.channels_last}, score_threshold={self.score_threshold}, nms_threshold={self.nms_threshold}, "
             f"input_size={self.input_size}, accuracy_mode={self.accuracy_mode})"
         )
 
