@@ -808,3 +808,72 @@ def test_build_model_api_and_config_round_trip():
         build_model("paper", "resnet18")
     with pytest.raises(TypeError):
         build_model("released", "tiny", clip_anchors=True)
+
+
+# ----------------------------------------------------------------------------- lite backbone
+
+
+def _conv_macs(model: torch.nn.Module, H: int, W: int) -> int:
+    """Multiply-adds of every Conv2d module in one forward (run unfused, so every conv is a module)."""
+    total = [0]
+
+    def hook(m, _inp, out):
+        total[0] += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, H, W))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def test_lite_backbone_architecture():
+    from dsfd.models.backbones import LITE_WIDTHS, BasicBlock, LiteBackbone
+
+    model = build_model("paper", "lite", fuse_branches=False).eval()
+    bb = model.backbone
+    assert isinstance(bb, LiteBackbone) and model.out_channels == list(LITE_WIDTHS)
+    # the numbers the README documents: 2.13 M parameters, 2.33 GMAC at 640x480 (second shot, as at test time)
+    assert n_params(model) == 2_131_486
+    assert _conv_macs(model, 480, 640) == 2_333_930_880
+    # BatchNorm after every backbone conv (none has a bias), residual branches start as the identity
+    convs = [m for m in bb.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in bb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(norms) and all(c.bias is None for c in convs)
+    blocks = [m for m in bb.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and all(torch.all(b.bn2.weight == 0) for b in blocks)
+    # ResNet-style level sizes at odd sizes, so the anchors line up with the cells
+    H, W = 97, 71
+    feats = bb(torch.zeros(1, 3, H, W))
+    assert [tuple(f.shape[-2:]) for f in feats] == _level_sizes_resnet(H, W)
+    # every FEM branch width is <= 16 or a multiple of 16 (the oneDNN bf16 hazard, see dsfd.models.fem)
+    for fem_level in model.fem.enhance:
+        assert all(c <= 16 or c % 16 == 0 for c in fem_level.split), fem_level.split
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_model("paper", "lite", backbone_weights="x.pth")
+
+
+def test_lite_trains_on_a_fixed_batch():
+    """A few SGD steps on one batch lower both shots' losses (the from-scratch setup: fem_norm)."""
+    from dsfd.losses import ProgressiveAnchorLoss
+
+    torch.manual_seed(0)
+    model = build_model("paper", "lite", fem_norm=True).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 160, 160, generator=g) * 50
+    gt = torch.tensor([[[0.1, 0.1, 0.4, 0.5], [0.6, 0.5, 0.8, 0.8]], [[0.3, 0.2, 0.7, 0.7], [0, 0, 0, 0]]])
+    counts = torch.tensor([2, 1])
+    crit = ProgressiveAnchorLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        out = model(x)
+        loss, parts = crit(out.first, out.second, gt, counts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append((float(parts["first_loss_c"]), float(parts["second_loss_c"])))
+    assert losses[-1][0] < losses[0][0] and losses[-1][1] < losses[0][1], losses
