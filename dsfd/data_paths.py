@@ -9,6 +9,9 @@ a single environment variable moves it:
   ``../shared/data/widerface`` relative to the repository root.
 * ``DSFD_FDDB_ROOT``: the FDDB folder (``FDDB-folds/``, ``originalPics/``).
   Default: ``../shared/data/fddb`` relative to the repository root.
+* ``DSFD_FIXTURES_ROOT``: the test fixtures (``official_*_state_dict.tsv``,
+  ``wider_eval_predictions/``, ...). Default: ``../shared/fixtures``
+  relative to the repository root.
 
 The helpers only build paths; they never check that the folder exists (the
 callers decide whether a missing folder is an error or a reason to skip).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "wider_root", "fddb_root"]
+__all__ = ["repo_root", "wider_root", "fddb_root", "fixtures_root"]
 
 
 def repo_root() -> Path:
@@ -42,3 +45,8 @@ def wider_root() -> Path:
 def fddb_root() -> Path:
     """The FDDB root: ``$DSFD_FDDB_ROOT`` or ``<repo>/../shared/data/fddb``."""
     return _from_env("DSFD_FDDB_ROOT", repo_root() / ".." / "shared" / "data" / "fddb")
+
+
+def fixtures_root() -> Path:
+    """The test fixtures folder: ``$DSFD_FIXTURES_ROOT`` or ``<repo>/../shared/fixtures``."""
+    return _from_env("DSFD_FIXTURES_ROOT", repo_root() / ".." / "shared" / "fixtures")

@@ -13,6 +13,7 @@ def pytest_report_header(config):
         f"torch {torch.__version__} (CUDA build {torch.version.cuda}), GPU available: {CUDA}",
         f"dsfd._C loaded: {ext._has_ops()}, built with CUDA kernels: {ext.has_cuda_kernels()}",
         f"DSFD_WIDER_ROOT={os.environ.get('DSFD_WIDER_ROOT', '(default ../shared/data/widerface)')}",
+        f"DSFD_FIXTURES_ROOT={os.environ.get('DSFD_FIXTURES_ROOT', '(default ../shared/fixtures)')}",
     ]
 
 

@@ -220,6 +220,140 @@ def test_photometric_range_and_effect():
         assert out.min() >= 0 and out.max() <= 255
 
 
+# Photometric steps, one at a time, with a fixed generator. photometric_distort draws
+# u = rng.random(12) up front: u[0] < .5 brightness (delta u[1] * 64 - 32), u[2] < .5
+# contrast first, u[3] < .5 contrast (gain 0.5 + u[4]), u[5] < .5 saturation (factor
+# 0.5 + u[6]), u[7] < .5 hue (shift u[8] * 36 - 18 degrees), u[9] < .5 channel swap
+# (permutation u[10]). The expected effects below use an HSV written here from the
+# textbook formulas, not OpenCV's.
+STEP_FLAGS = {"brightness": 0, "contrast": 3, "saturation": 5, "hue": 7, "swap": 9}
+SWAPS = [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]]  # the five non-identity channel orders
+
+
+def seed_with(steps, contrast_first=None, where=lambda u: True):
+    """The first seed whose 12 draws switch on exactly ``steps`` (and satisfy ``where``); returns (seed, u)."""
+    for seed in range(100000):
+        u = np.random.default_rng(seed).random(12)
+        if all((u[i] < 0.5) == (name in steps) for name, i in STEP_FLAGS.items()) and where(u):
+            if contrast_first is None or (u[2] < 0.5) == contrast_first:
+                return seed, u
+    raise AssertionError("no such seed")
+
+
+def bgr_to_hsv(img):
+    """float BGR [..., 3] in 0..255 -> H (degrees, [0, 360)), S ([0, 1]), V (0..255), float64."""
+    b, g, r = (img[..., i].astype(np.float64) for i in range(3))
+    v = np.maximum(np.maximum(r, g), b)
+    c = v - np.minimum(np.minimum(r, g), b)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1), 0.0)
+    cc = np.where(c > 0, c, 1)
+    h = np.where(v == r, 60 * (g - b) / cc, np.where(v == g, 60 * ((b - r) / cc + 2), 60 * ((r - g) / cc + 4)))
+    return np.where(c > 0, np.mod(h, 360.0), 0.0), s, v
+
+
+def hsv_to_bgr(h, s, v):
+    c = v * s
+    hp = np.mod(h, 360.0) / 60.0
+    x = c * (1 - np.abs(np.mod(hp, 2) - 1))
+    z = np.zeros_like(c)
+    sector = np.minimum(hp.astype(int), 5)
+    rgb = np.select(
+        [sector[..., None] == k for k in range(6)],
+        [np.stack(t, -1) for t in ((c, x, z), (x, c, z), (z, c, x), (z, x, c), (x, z, c), (c, z, x))],
+    )
+    return (rgb + (v - c)[..., None])[..., ::-1]
+
+
+def colour_image(v_lo=80, v_hi=200):
+    """16x16 colours with S in [0.3, 0.8] and V in [v_lo, v_hi] (hue well defined)."""
+    rng = np.random.default_rng(0)
+    h = rng.uniform(0, 360, (16, 16))
+    s = rng.uniform(0.3, 0.8, (16, 16))
+    v = rng.uniform(v_lo, v_hi, (16, 16))
+    return np.round(hsv_to_bgr(h, s, v)).astype(np.uint8)
+
+
+def hue_diff(a, b):
+    return np.abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_photometric_brightness_step(sign):
+    seed, u = seed_with({"brightness"}, where=lambda u: (u[1] * 64 - 32) * sign > 8)
+    delta = u[1] * 64 - 32
+    img = colour_image()
+    out = photometric_distort(img, np.random.default_rng(seed))
+    np.testing.assert_allclose(out, np.clip(img.astype(np.float64) + delta, 0, 255), atol=1e-4)
+    extremes = np.array([[[0, 128, 255]]], np.uint8)
+    out = photometric_distort(extremes, np.random.default_rng(seed))
+    np.testing.assert_allclose(out, np.clip(extremes + delta, 0, 255), atol=1e-4)  # clipped to [0, 255]
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_photometric_contrast_step(sign):
+    seed, u = seed_with({"contrast"}, where=lambda u: (u[4] - 0.5) * sign > 0.2)  # gain < 0.8 or > 1.2
+    img = colour_image()
+    out = photometric_distort(img, np.random.default_rng(seed))
+    np.testing.assert_allclose(out, np.clip(img * (0.5 + u[4]), 0, 255), rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_photometric_saturation_step(sign):
+    seed, u = seed_with({"saturation"}, where=lambda u: (u[6] - 0.5) * sign > 0.2)  # factor < 0.8 or > 1.2
+    factor = 0.5 + u[6]
+    img = colour_image()
+    h0, s0, v0 = bgr_to_hsv(img)
+    h1, s1, v1 = bgr_to_hsv(photometric_distort(img, np.random.default_rng(seed)))
+    np.testing.assert_allclose(s1, np.minimum(s0 * factor, 1.0), atol=2e-3)
+    np.testing.assert_allclose(v1, v0, atol=0.01)
+    assert hue_diff(h1, h0).max() < 0.1
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_photometric_hue_step(sign):
+    seed, u = seed_with({"hue"}, where=lambda u: (u[8] * 36 - 18) * sign > 5)
+    shift = u[8] * 36 - 18  # degrees
+    img = colour_image()
+    h0, s0, v0 = bgr_to_hsv(img)
+    h1, s1, v1 = bgr_to_hsv(photometric_distort(img, np.random.default_rng(seed)))
+    assert hue_diff(h1, np.mod(h0 + shift, 360)).max() < 0.1
+    np.testing.assert_allclose(s1, s0, atol=1e-4)
+    np.testing.assert_allclose(v1, v0, atol=0.01)
+
+
+def test_photometric_channel_swap_step():
+    seed, u = seed_with({"swap"})
+    img = colour_image()
+    out = photometric_distort(img, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out, img[..., SWAPS[min(int(u[10] * 5), 4)]].astype(np.float32))
+
+
+@pytest.mark.parametrize("contrast_first", [True, False])
+def test_photometric_all_steps_in_order(contrast_first):
+    """Every step on: brightness, then contrast before or after the HSV step (saturation, then hue), then the swap.
+
+    Bright colours and a gain > 1.3 make the contrast step clip, so the order matters.
+    """
+    seed, u = seed_with(set(STEP_FLAGS), contrast_first=contrast_first, where=lambda u: u[4] > 0.8 and u[6] > 0.8)
+    img = colour_image(150, 250).astype(np.float64)
+    x = np.clip(img + (u[1] * 64 - 32), 0, 255)
+
+    def contrast(x):
+        return np.clip(x * (0.5 + u[4]), 0, 255)
+
+    if contrast_first:
+        x = contrast(x)
+    h, s, v = bgr_to_hsv(x)
+    x = np.clip(hsv_to_bgr(np.mod(h + u[8] * 36 - 18, 360), np.minimum(s * (0.5 + u[6]), 1), v), 0, 255)
+    if not contrast_first:
+        x = contrast(x)
+    x = x[..., SWAPS[min(int(u[10] * 5), 4)]]
+    rng = np.random.default_rng(seed)
+    np.testing.assert_allclose(photometric_distort(colour_image(150, 250), rng), x, atol=0.05)
+    # exactly 12 numbers were drawn
+    assert rng.random() == np.random.default_rng(seed).random(13)[12]
+
+
 def test_train_transform_synthetic_many():
     t = TrainTransform(size=320)
     branches = set()
@@ -337,6 +471,165 @@ def test_data_anchor_sampling_distribution():
     for s in range(20):
         _, _, info = t(img, faces, np.random.default_rng(s), return_info=True)
         assert info.anchor <= 256
+
+
+# ----------------------------------------------------------------------------- augmentation geometry
+#
+# Known bright squares on a black image: after a transform every output box
+# must be its face clipped to the crop (by hand, from CropInfo) and must sit
+# on the bright pixels of that face in the output image. Photometric
+# distortion is off so "bright" stays bright; the mean-filled padding
+# (104, 117, 123) is darker than the 50% level used below.
+
+
+def squares_image(h, w, squares):
+    """Black ``h x w`` image with white squares ``x1, y1, x2, y2`` (pixels x1..x2-1); returns (image, boxes)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    for x1, y1, x2, y2 in squares:
+        img[y1:y2, x1:x2] = 255
+    return img, np.array(squares, np.float32)
+
+
+def expected_boxes(faces, info, size, min_face):
+    """The documented box rule, by hand: survivors (centre strictly inside the crop, output area
+    ``> min_face**2``), clipped, in crop units, mirrored when flipped. Returns (kept indices, boxes)."""
+    x0, y0, side, side_y = info.crop
+    assert side == side_y  # square crops
+    f = faces.astype(np.float64)
+    cx, cy = (f[:, 0] + f[:, 2]) / 2, (f[:, 1] + f[:, 3]) / 2
+    clipped = np.stack([np.maximum(f[:, 0], x0), np.maximum(f[:, 1], y0),
+                        np.minimum(f[:, 2], x0 + side), np.minimum(f[:, 3], y0 + side)], 1)
+    wh = np.clip(clipped[:, 2:] - clipped[:, :2], 0, None) * (size / side)
+    keep = (cx > x0) & (cx < x0 + side) & (cy > y0) & (cy < y0 + side) & (wh[:, 0] * wh[:, 1] > min_face ** 2)
+    idx = np.flatnonzero(keep)
+    b = (clipped[idx] - np.array([x0, y0, x0, y0])) / side
+    if info.flipped:
+        b = np.stack([1 - b[:, 2], b[:, 1], 1 - b[:, 0], b[:, 3]], 1)
+    return idx, b
+
+
+def assert_boxes_on_squares(out, boxes, info, faces, size):
+    """The output boxes are the hand-computed ones and each one frames the bright pixels under it."""
+    idx, want = expected_boxes(faces, info, size, info.min_face)
+    np.testing.assert_array_equal(info.kept, idx)
+    np.testing.assert_allclose(boxes.numpy(), want, atol=1e-6)
+    bright = (to_uint8_image(out) > 127.5).all(-1)  # white (255) vs black (0) and the mean fill
+    f = size / info.crop[2]  # output pixels per input pixel
+    tol = 1.0 + 0.5 * max(1.0, f)  # resize rounding (half a pixel) plus interpolation blur at the edges
+    margin = int(math.ceil(2 + f))
+    for b in boxes.numpy() * size:
+        wx0, wy0 = max(0, int(b[0]) - margin), max(0, int(b[1]) - margin)
+        wx1, wy1 = min(size, int(math.ceil(b[2])) + margin), min(size, int(math.ceil(b[3])) + margin)
+        ys, xs = np.nonzero(bright[wy0:wy1, wx0:wx1])
+        assert len(xs), f"no bright pixels under box {b} (crop {info.crop}, flipped {info.flipped})"
+        got = np.array([xs.min() + wx0, ys.min() + wy0, xs.max() + 1 + wx0, ys.max() + 1 + wy0])
+        assert np.abs(got - b).max() <= tol, (got, b, info)
+
+
+def test_das_geometry_near_borders_and_crops_larger_than_the_image():
+    """Data-anchor-sampling: the crop holds the sampled face, stays inside the image where it fits and
+    holds the whole image where it does not (a zoom-out, padded with the mean); boxes sit on the faces."""
+    h, w, size = 120, 160, 160
+    img, faces = squares_image(h, w, [(2, 3, 14, 15), (140, 100, 156, 116), (70, 50, 90, 70), (100, 8, 110, 18)])
+    t = TrainTransform(size=size, das_prob=1.0, photometric=False, flip_prob=0.5)
+    larger_x = larger_y = inside = flipped = 0
+    for seed in range(40):
+        out, boxes, info = t(img, faces, np.random.default_rng(seed), return_info=True)
+        assert info.branch == "das"
+        x0, y0, side, _ = info.crop
+        face = faces[info.face_index]
+        for lo, extent, f1, f2 in ((x0, w, face[0], face[2]), (y0, h, face[1], face[3])):
+            assert lo <= f1 and lo + side >= f2, (info, face)  # the sampled face is inside the crop
+            if side <= extent:
+                assert 0 <= lo and lo + side <= extent, info  # inside the image
+            else:
+                assert lo <= 0 and lo + side >= extent, info  # the whole image, padded
+        larger_x += side > w and x0 < 0 and len(boxes) > 0
+        larger_y += side > h and y0 < 0 and len(boxes) > 0
+        inside += side <= h and len(boxes) > 0
+        flipped += info.flipped
+        assert_boxes_on_squares(out, boxes, info, faces, size)
+        # padding left of / above the image is exactly the mean (0 after subtraction)
+        f, unflipped = size / side, out.flip(-1) if info.flipped else out
+        if x0 < 0 and -x0 * f >= 2:
+            assert (unflipped[:, :, : int(-x0 * f) - 1] == 0).all()
+        if y0 < 0 and -y0 * f >= 2:
+            assert (unflipped[:, : int(-y0 * f) - 1, :] == 0).all()
+    assert larger_x >= 5 and larger_y >= 5 and inside >= 5 and 5 <= flipped <= 35, (larger_x, larger_y, inside, flipped)
+
+
+def test_das_face_larger_than_the_crop_is_cut_by_it():
+    h, w, size = 160, 200, 128
+    img, faces = squares_image(h, w, [(20, 10, 120, 110)])  # a 100 px face: anchors 16..128, side 100 / 2**U(-1, 1)
+    t = TrainTransform(size=size, das_prob=1.0, photometric=False, flip_prob=0.5)
+    cut = 0
+    for seed in range(60):
+        out, boxes, info = t(img, faces, np.random.default_rng(seed), return_info=True)
+        x0, y0, side, _ = info.crop
+        if info.branch == "das" and side < 100:
+            cut += 1
+            # the crop lies inside the face: an all-bright output, one box covering it
+            assert 20 <= x0 and x0 + side <= 120 and 10 <= y0 and y0 + side <= 110, info
+            assert len(boxes) == 1 and np.allclose(boxes.numpy(), [[0, 0, 1, 1]])
+            assert (to_uint8_image(out) > 250).all()
+        if info.branch != "fallback":
+            assert_boxes_on_squares(out, boxes, info, faces, size)
+    assert cut >= 3, cut
+
+
+def test_ssd_crop_geometry():
+    h, w, size = 200, 300, 128
+    img, faces = squares_image(h, w, [(10, 10, 40, 40), (60, 20, 80, 40), (130, 90, 190, 150), (240, 150, 270, 180),
+                                      (200, 30, 215, 45), (20, 140, 70, 190)])
+    t = TrainTransform(size=size, das_prob=0.0, photometric=False, flip_prob=0.5)
+    full = 0
+    for seed in range(40):
+        out, boxes, info = t(img, faces, np.random.default_rng(seed), return_info=True)
+        assert info.branch == "ssd"
+        x0, y0, side, _ = info.crop
+        # a square inside the image, side the short side or U(0.3, 1) of it
+        assert 0 <= x0 and x0 + side <= w and 0 <= y0 and y0 + side <= h, info
+        assert math.floor(0.3 * h) <= side <= h and side == int(side)
+        full += side == h
+        assert_boxes_on_squares(out, boxes, info, faces, size)
+    assert full >= 2  # the short-side crop (p = 1/5 per candidate) shows up
+
+
+def test_fallback_geometry():
+    """No candidate passes: the whole image, centred in a mean-filled square, threshold halved."""
+    h, w, size = 100, 400, 200
+    img, faces = squares_image(h, w, [(350, 35, 380, 65)])
+    t = TrainTransform(size=size, das_prob=0.0, photometric=False, flip_prob=0.5, max_tries=1)
+    seen = set()
+    for seed in range(40):
+        out, boxes, info = t(img, faces, np.random.default_rng(seed), return_info=True)
+        if info.branch != "fallback":
+            continue
+        assert info.crop == (0.0, -150.0, 400.0, 400.0) and info.min_face == 4.0
+        assert len(boxes) == 1
+        assert_boxes_on_squares(out, boxes, info, faces, size)
+        # the image occupies output rows 75..124 (100 px at 1/2, starting 150 px down the square),
+        # the rest is the mean (0 after subtraction); no image pixel (black or white) is the mean
+        assert (out[:, :75] == 0).all() and (out[:, 125:] == 0).all()
+        assert (out[:, 75:125] != 0).all()
+        seen.add(info.flipped)
+    assert seen == {False, True}
+
+
+def test_flip_geometry_all_branches():
+    """The flip mirrors pixels and boxes together, whatever the crop branch."""
+    h, w, size = 120, 160, 160
+    img, faces = squares_image(h, w, [(2, 3, 14, 15), (140, 100, 156, 116), (70, 50, 90, 70)])
+    for das in (0.0, 1.0):
+        t_flip = TrainTransform(size=size, das_prob=das, photometric=False, flip_prob=1.0)
+        t_keep = TrainTransform(size=size, das_prob=das, photometric=False, flip_prob=0.0)
+        for seed in range(10):
+            out, boxes, info = t_flip(img, faces, np.random.default_rng(seed), return_info=True)
+            out0, boxes0, info0 = t_keep(img, faces, np.random.default_rng(seed), return_info=True)
+            assert info.flipped and not info0.flipped and info.crop == info0.crop
+            torch.testing.assert_close(out, out0.flip(-1), rtol=0, atol=0)
+            assert_boxes_on_squares(out, boxes, info, faces, size)
+            assert_boxes_on_squares(out0, boxes0, info0, faces, size)
 
 
 def test_eval_transform_and_collate():

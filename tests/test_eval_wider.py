@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import types
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dsfd.data_paths import repo_root, wider_root
+from dsfd.data_paths import fixtures_root, repo_root, wider_root
 from dsfd.evaluation.wider import (
     SETTINGS,
     WiderGroundTruth,
@@ -30,7 +28,7 @@ from dsfd.evaluation.wider import (
 )
 
 GT_DIR = wider_root() / "ground_truth"
-FIXTURES = Path(os.environ.get("DSFD_FIXTURES_ROOT", repo_root() / ".." / "shared" / "fixtures")).resolve()
+FIXTURES = fixtures_root()
 PRED_ROOT = FIXTURES / "wider_eval_predictions"
 DETECTORS = ["yunet", "retinaface_mnet", "mtcnn"]
 
@@ -40,7 +38,8 @@ needs_gt = pytest.mark.skipif(
 )
 needs_fixtures = pytest.mark.skipif(
     not (PRED_ROOT / "reference_ap.tsv").is_file() or not (GT_DIR / "wider_face_val.mat").is_file(),
-    reason=f"WIDER prediction fixtures ({PRED_ROOT}) or ground truth ({GT_DIR}) not found",
+    reason=f"WIDER prediction fixtures ({PRED_ROOT}, set DSFD_FIXTURES_ROOT) or ground truth ({GT_DIR}, "
+    "set DSFD_WIDER_ROOT) not found",
 )
 
 
@@ -298,6 +297,28 @@ def test_iou_threshold_and_plus_one_convention():
     assert evaluate_wider(preds, gt, iou_threshold=1 / 3 + 1e-9).ap["easy"] == 0.0
 
 
+def test_iou_exactly_at_threshold_is_a_match():
+    """``IoU >= threshold`` matches: exact IoUs of 1/2 (the default) and 1/3 in the ``+1`` convention."""
+    gt = _gt([("0--Ev", "a", [[0, 0, 9, 9]])], {s: [[0]] for s in SETTINGS})  # 10 x 10 px
+    # 0..4 x 0..9: 5 x 10 px inside the face: IoU 50 / 100 = 0.5 exactly
+    # (plus a far-away false positive of lower score, so that the loop version's normalisation is defined)
+    half = {"a": np.array([[0, 0, 4, 9, 0.5], [100, 100, 9, 9, 0.1]])}
+    assert _iou_scalar(half["a"][0], gt.boxes[0][0]) == 0.5
+    assert evaluate_wider(half, gt).ap == {s: 1.0 for s in SETTINGS}
+    assert _loop_aps(half, gt) == {s: 1.0 for s in SETTINGS}
+    assert evaluate_wider(half, gt, iou_threshold=float(np.nextafter(0.5, 1))).ap["easy"] == 0.0
+    # 5..14 x 0..9: IoU 50 / 150, the same float as 1 / 3
+    third = {"a": np.array([[5, 0, 9, 9, 0.5]])}
+    assert _iou_scalar(third["a"][0], gt.boxes[0][0]) == 1 / 3
+    assert evaluate_wider(third, gt, iou_threshold=1 / 3).ap["easy"] == 1.0
+    assert evaluate_wider(third, gt, iou_threshold=float(np.nextafter(1 / 3, 1))).ap["easy"] == 0.0
+    # at the threshold a duplicate is still a (false positive) match of the same face, not a miss
+    two = {"a": np.array([[0, 0, 9, 9, 0.9], [0, 0, 4, 9, 0.5]])}
+    res = evaluate_wider(two, gt)
+    prec, rec = res.pr_curves["easy"]
+    assert rec[-1] == 1.0 and prec[-1] == 0.5 and res.ap["easy"] == 1.0
+
+
 # ---------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------
@@ -418,6 +439,14 @@ def test_wider_root_env(monkeypatch, tmp_path):
     assert wider_root() == (repo_root() / ".." / "shared" / "data" / "widerface").resolve()
 
 
+def test_fixtures_root_env(monkeypatch, tmp_path):
+    """One fixtures setting for every test, found like the data: DSFD_FIXTURES_ROOT or ../shared/fixtures."""
+    monkeypatch.setenv("DSFD_FIXTURES_ROOT", str(tmp_path))
+    assert fixtures_root() == tmp_path.resolve()
+    monkeypatch.delenv("DSFD_FIXTURES_ROOT")
+    assert fixtures_root() == (repo_root() / ".." / "shared" / "fixtures").resolve()
+
+
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
@@ -470,8 +499,8 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
         cv2.imwrite(str(tmp_path / "WIDER_val" / "images" / ev / f"{name}.jpg"), np.zeros((48, 64, 3), np.uint8))
     calls = []
 
-    def load_detector(weights, accuracy_mode=False):
-        calls.append((weights, accuracy_mode))
+    def load_detector(weights, accuracy_mode=False, dtype="auto"):  # the contract: dsfd eval passes --dtype
+        calls.append((weights, accuracy_mode, dtype))
         return lambda img: np.array([[10.0, 10.0, 30.0, 30.0, 0.9], [0.0, 30.0, 8.0, 40.0, 0.1]])
 
     fake = types.ModuleType("dsfd.inference")
@@ -481,7 +510,7 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
     code = main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(out), "--accuracy-mode",
                  "--quiet", "--no-plots"])
     assert code == 0
-    assert calls == [("w.pth", True)]
+    assert calls == [("w.pth", True, "auto")]
     assert (out / "predictions" / "0--Ev" / "a.txt").read_text().splitlines()[2] == "10.0 10.0 21.0 21.0 0.900000"
     data = json.loads((out / "ap.json").read_text())
     assert data["ap"] == {s: 1.0 for s in SETTINGS}

@@ -86,10 +86,14 @@ def _check_dets(d: np.ndarray, h: int, w: int, max_keep: int = 750) -> None:
     assert (np.diff(d[:, 4]) <= 1e-6).all(), "sorted by decreasing score"
 
 
-def _assert_same_detections(a: np.ndarray, b: np.ndarray, atol: float = 2e-3) -> None:
-    """Equal up to float noise; rows with (nearly) tied scores may come in either order."""
+def _assert_same_detections(a: np.ndarray, b: np.ndarray, atol: float = 2e-3, allow_empty: bool = False) -> None:
+    """Equal up to float noise; rows with (nearly) tied scores may come in either order.
+
+    Two empty results are equal only with ``allow_empty`` (a comparison of nothing proves nothing).
+    """
     assert a.shape == b.shape
     if len(a) == 0:
+        assert allow_empty, "no detections to compare"
         return
     np.testing.assert_allclose(a[:, 4], b[:, 4], atol=1e-5)
     diff = np.abs(a[:, None, :] - b[None, :, :]).max(-1)  # [K, K] max-abs difference of rows
@@ -99,6 +103,22 @@ def _assert_same_detections(a: np.ndarray, b: np.ndarray, atol: float = 2e-3) ->
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ref.box_iou(torch.from_numpy(a[:, :4]).double(), torch.from_numpy(b[:, :4]).double()).numpy()
+
+
+def _assert_top_boxes_agree(a: np.ndarray, b: np.ndarray, top: int = 50, iou: float = 0.9, min_agree: int = 45,
+                            score_atol: float = 0.02) -> None:
+    """Loose comparison of two detectors' outputs on one image (different precision, device or canvas).
+
+    ``a``'s ``top`` best boxes scoring >= 0.5 (there must be ``top`` of them) are looked up in ``b``:
+    at least ``min_agree`` have a box of ``b`` at IoU > ``iou`` whose score is within ``score_atol``.
+    Near-equal scores may change which box of a cluster NMS keeps, hence not all of them.
+    """
+    first = a[a[:, 4] >= 0.5][:top]
+    assert len(first) == top and len(b) > 0, (len(first), len(b))
+    overlap = _iou(first, b)
+    close = (overlap > iou) & (np.abs(first[:, 4:5] - b[None, :, 4]) <= score_atol)
+    agree = int(close.any(1).sum())
+    assert agree >= min_agree, (agree, overlap.max(1).min())
 
 
 # --------------------------------------------------------------------------- API
@@ -150,10 +170,15 @@ def test_batch_equals_single_letterbox(tiny_model, photos):
 def test_batch_different_sizes_native(detector, photos):
     """Top-left placement: boxes stay in their own image; results are close to the single path.
 
-    A random network's NMS is chaotic (hundreds of near-equal scores), so the
-    check is loose: most of the confident single-image boxes reappear.
+    The padding of the smaller images changes the features near their bottom and
+    right edges, and a random network's NMS is chaotic (hundreds of near-equal
+    scores), so the check is by overlap: each image has at least 20 single-image
+    boxes scoring >= 0.5, and of the first 100 of them at least 80% have a batch
+    box at IoU >= 0.5 (measured: 99-100%).
     """
-    imgs = [photos[0], photos[1][:300, :400], photos[2]]
+    h0, w0 = photos[0].shape[:2]
+    # the first image is the largest in both directions, the others are smaller ones
+    imgs = [photos[0], photos[1][: min(300, h0 - 10), :400], photos[2][: h0 - 6, : w0 - 40]]
     batch = detector.detect_batch(imgs)
     assert len(batch) == 3
     for im, b in zip(imgs, batch):
@@ -161,13 +186,11 @@ def test_batch_different_sizes_native(detector, photos):
         _check_dets(b, h, w)
         s = detector.detect(im)
         top = s[s[:, 4] >= 0.5][:100]
-        if len(top) and len(b):
-            matched = (_iou(top, b).max(1) >= 0.5).mean()
-            assert matched >= 0.5, matched
+        assert len(top) >= 20 and len(b) > 0, (len(top), len(b))
+        matched = (_iou(top, b).max(1) >= 0.5).mean()
+        assert matched >= 0.8, matched
     # the largest image needs no padding: exactly its single-image result
-    big = int(np.argmax([im.shape[0] * im.shape[1] for im in imgs]))
-    if all(im.shape[0] <= imgs[big].shape[0] and im.shape[1] <= imgs[big].shape[1] for im in imgs):
-        _assert_same_detections(batch[big], detector.detect(imgs[big]))
+    _assert_same_detections(batch[0], detector.detect(imgs[0]))
 
 
 def test_detect_batch_empty_and_type_errors(detector):
@@ -561,18 +584,23 @@ def test_cuda_matches_cpu_and_graphs_match_eager(tiny_model, photos_or_synthetic
     import copy
 
     imgs = [im[:160, :224] for im in photos_or_synthetic]
-    cpu = Detector(model=copy.deepcopy(tiny_model), device="cpu")
-    gpu = Detector(model=copy.deepcopy(tiny_model), device="cuda")
+    cpu = Detector(model=copy.deepcopy(tiny_model), device="cpu", dtype=torch.float32)
+    gpu = Detector(model=copy.deepcopy(tiny_model), device="cuda", dtype=torch.float32)
     graphs = Detector(model=copy.deepcopy(tiny_model), device="cuda", cuda_graphs=True, input_size=(192, 256))
     eager = Detector(model=copy.deepcopy(tiny_model), device="cuda", input_size=(192, 256))
+    # CPU vs CUDA, both float32 (cuDNN may still use TF32, about fp16's precision): the 50 best CPU
+    # boxes reappear on the GPU (at least 45 of them at IoU > 0.9, score within 0.02)
     for a, b in zip(cpu.detect_batch(imgs), gpu.detect_batch(imgs)):
-        top_a, top_b = a[a[:, 4] >= 0.5][:50], b[b[:, 4] >= 0.5][:50]
-        if len(top_a) and len(top_b):
-            assert (_iou(top_a, top_b).max(1) >= 0.5).mean() >= 0.8
+        _assert_top_boxes_agree(a, b)
     for _ in range(2):  # capture, then replay
         for a, b in zip(eager.detect_batch(imgs), graphs.detect_batch(imgs)):
             _assert_same_detections(a, b)
     assert graphs.cuda_graphs and len(graphs._graphs) == 1
-    half = Detector(model=copy.deepcopy(tiny_model), device="cuda", dtype=torch.float16)
-    for im, d in zip(imgs, half.detect_batch(imgs)):
-        _check_dets(d, *im.shape[:2])
+    # fp16 and bf16 autocast against the float32 GPU result, the same criterion (CPU bf16 vs fp32
+    # on this model and these inputs: 49-50 of 50 at IoU > 0.9, scores within 0.003)
+    full = gpu.detect_batch(imgs)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = Detector(model=copy.deepcopy(tiny_model), device="cuda", dtype=dtype)
+        for im, d, f in zip(imgs, half.detect_batch(imgs), full):
+            _check_dets(d, *im.shape[:2])
+            _assert_top_boxes_agree(f, d)

@@ -76,6 +76,66 @@ def test_loss_matches_hand_computation():
         assert int(sel[b].sum()) == npos + min(3 * npos, anchors.shape[0] - 1)
 
 
+def _hand_loss(loc, conf, labels, loc_t, ratio=3):
+    """The documented loss in float64, with its own mining (a sort per image, no dsfd op).
+
+    Returns ``(loss_l, loss_c, selected)``: ``selected`` marks the positives and the
+    ``min(ratio * pos, A - 1)`` label-0 anchors of highest background cross-entropy
+    (ties: lower index) of each image.
+    """
+    B, A, _ = conf.shape
+    logp = torch.log_softmax(conf.detach().double().cpu(), -1)
+    pos = labels == 1
+    selected = pos.clone()
+    for b in range(B):
+        negatives = [a for a in range(A) if labels[b, a] == 0]
+        ce0 = (-logp[b, :, 0]).tolist()
+        negatives.sort(key=lambda a: (-ce0[a], a))
+        k = min(ratio * int(pos[b].sum()), A - 1)
+        selected[b, negatives[:k]] = True
+    n = max(1, int(pos.sum()))
+    ce = -logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    loss_c = ce[selected].sum() / n
+    d = (loc.detach().double().cpu() - loc_t.double())[pos].abs()
+    loss_l = torch.where(d < 1, 0.5 * d * d, d - 0.5).sum() / n
+    return loss_l, loss_c, selected
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("use_ref", [False, True])
+def test_ignored_anchors_are_never_mined_counted_or_trained(device, use_ref):
+    """The hand-computed loss with an ignore band [0.25, 0.4): anchors labelled -1 take no part at all.
+
+    The ignored anchors are given the largest background loss of all (logits strongly "face"), so
+    any mining that treated them as negatives would pick them first.
+    """
+    loc, conf, anchors, gt, counts = make_batch(device, seed=1)
+    labels, _, loc_t = ref.match_anchors(anchors.cpu(), gt.cpu(), counts.cpu(), 0.4, 0.25)
+    ignored = labels == -1
+    assert int(ignored[0].sum()) > 0 and int(ignored[1].sum()) > 0 and int((labels[2] != 0).sum()) == 0
+    with torch.no_grad():
+        conf[ignored.to(device)] = torch.tensor([-6.0, 6.0], device=device)
+    crit = MultiBoxLoss(iou_threshold=0.4, ignore_threshold=0.25, use_reference_ops=use_ref)
+    assert torch.equal(crit.targets(anchors, gt, counts)[0].cpu(), labels)
+    out = crit(loc, conf, anchors, gt, counts)
+    gl, gc = torch.autograd.grad(out["loss_l"] + out["loss_c"], (loc, conf))
+    loss_l, loss_c, selected = _hand_loss(loc, conf, labels, loc_t)
+    # counted: only label 1 is a positive, the normaliser ignores the band
+    assert int(out["num_pos"]) == int((labels == 1).sum()) > 0
+    torch.testing.assert_close(out["loss_c"].double().cpu(), loss_c, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_l"].double().cpu(), loss_l, rtol=1e-5, atol=1e-6)
+    # trained: gradient exactly on the positives (loc) and the selected anchors (conf), nowhere else
+    gl, gc = gl.cpu(), gc.cpu()
+    assert bool((gl[ignored] == 0).all()) and bool((gc[ignored] == 0).all())
+    assert torch.equal(gc.abs().sum(-1) > 0, selected)
+    assert torch.equal(gl.abs().sum(-1) > 0, labels == 1)
+    # mined: min(3 * pos, A - 1) label-0 anchors per image, and none without positives
+    for b in range(3):
+        npos = int((labels[b] == 1).sum())
+        assert int((selected[b] & (labels[b] == 0)).sum()) == min(3 * npos, anchors.shape[0] - 1)
+    assert not bool(selected[2].any())
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("use_ref", [False, True])
 def test_no_faces(device, use_ref):

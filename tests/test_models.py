@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import dsfd.models.fem as fem_mod
+from dsfd.data_paths import fixtures_root
 from dsfd.models import (
     CheckpointError,
     ContextFEM,
@@ -40,15 +40,13 @@ from dsfd.models import (
 )
 from dsfd.models.anchors import FIRST_SHOT_SIZES, SECOND_SHOT_SIZES, STEPS
 
-FIXTURES = Path(os.environ.get("DSFD_FIXTURES", Path(__file__).resolve().parents[1] / "shared" / "fixtures"))
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = fixtures_root()
 
 
 def read_tsv(name: str) -> Dict[str, Tuple[int, ...]]:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"fixture {path} not available")
+        pytest.skip(f"fixture {path} not found (set DSFD_FIXTURES_ROOT; default <repo>/../shared/fixtures)")
     out: Dict[str, Tuple[int, ...]] = {}
     for line in path.read_text().splitlines():
         if line.strip():

@@ -81,3 +81,29 @@ def test_box_voting_input_errors():
         ops.box_voting(torch.rand(5, 4), torch.rand(4))
     with pytest.raises(RuntimeError, match="max_keep"):
         ops.box_voting(torch.rand(5, 4), torch.rand(5), 0.3, -1)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_box_voting_iou_exactly_at_threshold_joins_the_group(device, dtype):
+    """Inclusive-pixel IoU ``>= threshold`` groups: exactly 3/10 (the default 0.3) and 1/4 join, just above does not.
+
+    Box 0 spans x 0..9 (10 px, +1 convention), box 1 x 0..2 (3 px), both one pixel high: IoU 3/10, the
+    same float as 0.3 in float32 and float64. Boxes 2 and 3 (4x4 px and 4x1 px): IoU 4/16 = 1/4.
+    """
+    boxes = torch.tensor([[0.0, 0, 9, 0], [0, 0, 2, 0], [50, 50, 53, 53], [50, 50, 53, 50]], dtype=dtype)
+    scores = torch.tensor([0.75, 0.25, 0.5, 0.5], dtype=dtype)
+    # the weighted means, by hand: (0.75 * box0 + 0.25 * box1) / 1 and (box2 + box3) / 2
+    first = [0.0, 0.0, 0.75 * 9 + 0.25 * 2, 0.0]
+    second = [50.0, 50.0, 53.0, 51.5]
+    cases = [
+        (0.3, [first], [0.75]),  # 3/10 >= 0.3; 1/4 < 0.3: boxes 2 and 3 stay alone and are dropped
+        (0.25, [first, second], [0.75, 0.5]),
+        (float(np.nextafter(np.float32(0.3), np.float32(1))), [], []),  # just above 3/10 in float32 too
+    ]
+    for thr, want_b, want_s in cases:
+        for impl in (ops, ref):
+            b, s = impl.box_voting(boxes.to(device), scores.to(device), thr, 750)
+            assert b.cpu().tolist() == want_b and s.cpu().tolist() == want_s, (impl.__name__, thr)
+        rel = released_bbox_vote(torch.cat([boxes, scores[:, None]], 1).double().numpy(), thr)
+        np.testing.assert_array_equal(rel[:, :4], np.array(want_b).reshape(-1, 4))

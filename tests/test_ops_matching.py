@@ -175,3 +175,137 @@ def test_hard_negative_mask_input_errors():
         ops.hard_negative_mask(torch.rand(5), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="neg_pos_ratio"):
         ops.hard_negative_mask(torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.long), -1)
+
+
+# ---------------------------------------------------------------- thresholds and ties, exactly
+#
+# Every box below (except far-away fillers at IoU 0) has coordinates that are
+# multiples of 1/64, so corners (cx -+ w/2), areas, intersections and unions are exact in float32
+# and each IoU is the correctly rounded quotient of two exact numbers: an IoU
+# of 0.5 or 0.25 is exactly 0.5 or 0.25, and 0.125 / 0.3125 is float32(0.4),
+# the same number the threshold 0.4 becomes in float32. The compiled op and
+# the reference must both apply the documented rule to these exact values.
+
+# One ground truth (area 1/4) and anchors with exact IoUs to it.
+BAND_GT = [0.25, 0.25, 0.75, 0.75]
+BAND_ANCHORS = [  # cx, cy, w, h -> IoU with BAND_GT
+    [0.5, 0.5, 0.5, 0.5],  # 1: the ground truth itself (its forced best anchor)
+    [0.5, 0.375, 0.5, 0.25],  # 0.5
+    [0.375, 0.375, 0.25, 0.25],  # 0.25
+    [0.5, 0.34375, 0.5, 0.1875],  # 0.375
+    [0.5, 0.296875, 0.5, 0.09375],  # 0.1875
+    [0.9, 0.9, 0.1, 0.1],  # 0
+]
+BAND_IOUS = [1.0, 0.5, 0.25, 0.375, 0.1875, 0.0]
+
+
+def both_matches(anchors, gt, counts, **kw):
+    """(labels, matched) of the compiled op and of the reference, as lists of image 0."""
+    out = []
+    for impl in (ops, ref):
+        labels, matched, _ = impl.match_anchors(anchors, gt, counts, **kw)
+        out.append((labels[0].tolist(), matched[0].tolist()))
+    return out
+
+
+def test_band_fixture_ious_are_exact():
+    a = torch.tensor(BAND_ANCHORS)
+    iou = ops.box_iou(torch.tensor([BAND_GT]), ref.anchors_to_corners(a))[0]
+    assert iou.tolist() == BAND_IOUS
+    assert ref.box_iou(torch.tensor([BAND_GT]), ref.anchors_to_corners(a))[0].tolist() == BAND_IOUS
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize(
+    "iou_threshold, ignore_threshold, expected",
+    [
+        # positive at IoU >= threshold: 0.5 is positive at 0.5, 0.375 is not
+        (0.5, None, [1, 1, 0, 0, 0, 0]),
+        # the ignore band [0.25, 0.5): both ends exactly hit (0.25 ignored, 0.5 positive)
+        (0.5, 0.25, [1, 1, -1, -1, 0, 0]),
+        # the band's lower end at 0.375 exactly: 0.375 ignored, 0.25 background
+        (0.5, 0.375, [1, 1, 0, -1, 0, 0]),
+        # a band of width zero ([0.5, 0.5)) is empty: nothing ignored
+        (0.5, 0.5, [1, 1, 0, 0, 0, 0]),
+        # threshold exactly at 0.25 and 0.1875
+        (0.25, None, [1, 1, 1, 1, 0, 0]),
+        (0.375, 0.1875, [1, 1, -1, 1, -1, 0]),
+        # a band starting at 0 takes every anchor of an image with faces, even those overlapping nothing
+        (0.5, 0.0, [1, 1, -1, -1, -1, -1]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_match_anchors_thresholds_are_inclusive(device, dtype, iou_threshold, ignore_threshold, expected):
+    anchors = torch.tensor(BAND_ANCHORS, device=device)
+    gt = torch.tensor([[BAND_GT]], device=device, dtype=dtype)  # exact in every dtype; half math is float32
+    counts = torch.tensor([1], device=device)
+    kw = dict(iou_threshold=iou_threshold, ignore_threshold=ignore_threshold)
+    for labels, matched in both_matches(anchors, gt, counts, **kw):
+        assert labels == expected
+        assert matched == [0 if v == 1 else -1 for v in expected]
+    if dtype in (torch.float32, torch.float64):
+        check_match(anchors, gt, counts, **kw)  # and the targets agree
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_match_anchors_default_threshold_0_4_exactly(device, dtype):
+    # ground truth 0..0.625 x 0..0.5 (area 5/16); anchor 0 inside it with area 2/16: IoU = 2/5, which rounds
+    # to the same float as the threshold 0.4 (float32 math for float32 and half inputs, float64 for float64)
+    gt = torch.tensor([[[0.0, 0.0, 0.625, 0.5], [0.0, 0.0, 0.625, 0.5]]], device=device, dtype=dtype)
+    anchors = torch.tensor([[0.125, 0.25, 0.25, 0.5], [0.3125, 0.25, 0.625, 0.5], [0.9, 0.9, 0.05, 0.05]], device=device)
+    math = torch.float64 if dtype == torch.float64 else torch.float32
+    iou = ref.box_iou(gt[0, :1].cpu().to(math), ref.anchors_to_corners(anchors.cpu().to(math)))[0]
+    assert iou[0] == torch.tensor(0.4, dtype=math) and iou[1] == 1.0
+    for labels, matched in both_matches(anchors, gt[:, :1], torch.tensor([1], device=device)):
+        assert labels == [1, 1, 0] and matched == [0, 0, -1]
+    # the same anchor at IoU 0.4 lies at the top end of a band [0.2, 0.4): positive, not ignored
+    for labels, _ in both_matches(anchors, gt[:, :1], torch.tensor([1], device=device), ignore_threshold=0.2):
+        assert labels == [1, 1, 0]
+    # at the band's lower end with the default positive threshold: ignored
+    for labels, _ in both_matches(anchors, gt[:, :1], torch.tensor([1], device=device), iou_threshold=0.5,
+                                  ignore_threshold=0.4):
+        assert labels == [-1, 1, 0]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("first, second", [(3, 7), (5, 3000)])  # same anchor block, and two blocks (2048 each)
+def test_match_anchors_forced_match_ties_go_to_the_lower_anchor(device, first, second):
+    """A ground truth whose best IoU (below every threshold) is shared by two anchors forces the lower index."""
+    A = max(first, second) + 10
+    # filler anchors far away from the ground truth (IoU 0)
+    anchors = torch.tensor([[0.95, 0.95, 0.02, 0.02]]).repeat(A, 1)
+    # ground truth 0.25..0.5 square (area 1/16); two equal anchors 0.125..0.625 (area 1/4) around it: IoU 1/4 each
+    anchors[first] = torch.tensor([0.375, 0.375, 0.5, 0.5])
+    anchors[second] = torch.tensor([0.375, 0.375, 0.5, 0.5])
+    gt = torch.tensor([[[0.25, 0.25, 0.5, 0.5]]])
+    expected = torch.zeros(A, dtype=torch.long)
+    expected[first] = 1
+    for impl in (ops, ref):
+        labels, matched, _ = impl.match_anchors(
+            anchors.to(device), gt.to(device), torch.tensor([1], device=device), iou_threshold=0.5
+        )
+        assert torch.equal(labels[0].cpu(), expected), impl.__name__
+        assert matched[0, first].item() == 0 and int((matched[0] >= 0).sum()) == 1
+    # two different anchors at the same IoU 1/4: 0.125..0.625 square, and 0.25..0.5 x -0.125..0.875
+    anchors[second] = torch.tensor([0.375, 0.375, 0.25, 1.0])
+    iou = ref.box_iou(gt[0], ref.anchors_to_corners(anchors[[first, second]]))[0]
+    assert iou.tolist() == [0.25, 0.25]
+    for impl in (ops, ref):
+        labels, _, _ = impl.match_anchors(anchors.to(device), gt.to(device), torch.tensor([1], device=device),
+                                          iou_threshold=0.5, ignore_threshold=0.3)
+        assert torch.equal(labels[0].cpu(), expected), impl.__name__
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_match_anchors_equal_iou_to_two_ground_truths_takes_the_lower_index(device):
+    """An anchor with the same IoU to two ground truths (neither forcing it) takes the lower ground-truth index."""
+    # anchor 0: 0.25..0.75 square; gt 0 = its left half, gt 1 = its right half: IoU 0.5 each.
+    # anchors 1 and 2 equal the ground truths (their forced best anchors).
+    anchors = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.375, 0.5, 0.25, 0.5], [0.625, 0.5, 0.25, 0.5]], device=device)
+    gt = torch.tensor([[[0.25, 0.25, 0.5, 0.75], [0.5, 0.25, 0.75, 0.75]]], device=device)
+    for order, expected in (([0, 1], [0, 0, 1]), ([1, 0], [0, 1, 0])):  # anchor 0: ground truth 0 either way
+        g = gt[:, order]
+        for labels, matched in both_matches(anchors, g, torch.tensor([2], device=device), iou_threshold=0.5):
+            assert labels == [1, 1, 1] and matched == expected
+        check_match(anchors, g, torch.tensor([2], device=device), iou_threshold=0.5)

@@ -210,3 +210,79 @@ def test_batched_nms_cuda_graph_capture():
     torch.cuda.synchronize()
     rb, rs, ri, rc = ref.batched_nms(boxes.cpu(), new_scores.cpu(), 0.3, 0.01, 5000, 750)
     assert torch.equal(out[2].cpu(), rc) and torch.equal(out[3].cpu(), ri)
+
+
+# ---------------------------------------------------------------- thresholds and ties, exactly
+#
+# Integer and quarter-pixel boxes: areas, intersections and unions are exact,
+# so these IoUs are exactly 0.5, 0.5625 and 0.25 in every dtype.
+
+EXACT_BOXES = torch.tensor([
+    [0.0, 0.0, 4.0, 4.0],  # 0
+    [0.0, 0.0, 4.0, 2.0],  # 1: IoU 8/16 = 0.5 with box 0
+    [100.0, 0.0, 104.0, 4.0],  # 2
+    [100.0, 0.0, 104.0, 2.25],  # 3: IoU 9/16 = 0.5625 with box 2
+    [200.0, 0.0, 204.0, 4.0],  # 4
+    [200.0, 0.0, 201.0, 4.0],  # 5: IoU 4/16 = 0.25 with box 4
+])
+EXACT_SCORES = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "iou, expected",
+    [
+        (0.5, [0, 1, 2, 4, 5]),  # IoU exactly at the threshold is not "> threshold": kept
+        (0.4999999, [0, 2, 4, 5]),  # just below 0.5 (also in float32): box 1 suppressed
+        (0.5625, [0, 1, 2, 3, 4, 5]),
+        (0.25, [0, 2, 4, 5]),  # box 5 at exactly 0.25 stays
+        (0.0, [0, 2, 4]),
+    ],
+)
+def test_nms_iou_exactly_at_threshold_is_kept(device, dtype, iou, expected):
+    boxes, scores = EXACT_BOXES.to(device, dtype), EXACT_SCORES.to(device, dtype)
+    assert ops.nms(boxes, scores, iou).tolist() == expected
+    assert ref.nms(boxes.cpu(), scores.cpu(), iou).tolist() == expected
+    assert torchvision.ops.nms(boxes.cpu(), scores.cpu(), iou).tolist() == expected
+    # batched_nms applies the same rule (score threshold 0 lets every box in)
+    _, _, counts, idx = ops.batched_nms(boxes[None], scores[None], iou, 0.0, return_indices=True)
+    assert idx[0, : counts[0]].tolist() == expected
+    _, _, ridx, rcounts = ref.batched_nms(boxes[None].cpu(), scores[None].cpu(), iou, 0.0)
+    assert ridx[0, : rcounts[0]].tolist() == expected
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_nms_equal_scores_lower_index_wins(device):
+    a, b = [10.0, 10.0, 14.0, 14.0], [10.0, 10.0, 14.0, 12.0]  # IoU 0.5
+    far = [50.0, 50.0, 54.0, 54.0]
+    for boxes in ([a, b, far], [b, a, far]):
+        t = torch.tensor(boxes, device=device)
+        s = torch.tensor([0.5, 0.5, 0.5], device=device)
+        for keep in (ops.nms(t, s, 0.3), ref.nms(t.cpu(), s.cpu(), 0.3), torchvision.ops.nms(t.cpu(), s.cpu(), 0.3)):
+            assert keep.tolist() == [0, 2]  # index 0 is kept and suppresses index 1, whichever box it is
+        _, _, counts, idx = ops.batched_nms(t[None], s[None], 0.3, 0.0, return_indices=True)
+        assert idx[0, : counts[0]].tolist() == [0, 2]
+    # a tie between a kept box and a later, higher-index box with the same score: order by index
+    t = torch.tensor([far, a, [30.0, 30.0, 34.0, 34.0]], device=device)
+    s = torch.tensor([0.5, 0.7, 0.5], device=device)
+    assert ops.nms(t, s, 0.3).tolist() == ref.nms(t.cpu(), s.cpu(), 0.3).tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_batched_nms_score_exactly_at_threshold_is_dropped(device, dtype):
+    """``score > score_threshold``: a score equal to the threshold (0.25, exact in every dtype) never passes."""
+    boxes = torch.tensor([[[0.0, 0, 1, 1], [10, 0, 11, 1], [20, 0, 21, 1], [30, 0, 31, 1]]], device=device, dtype=dtype)
+    above = torch.nextafter(torch.tensor(0.25, dtype=dtype), torch.tensor(1.0, dtype=dtype)).item()
+    scores = torch.tensor([[0.25, above, 0.5, 0.125]], device=device, dtype=dtype)
+    _, out_scores, counts, idx = ops.batched_nms(boxes, scores, 0.3, 0.25, return_indices=True)
+    assert idx[0, : counts[0]].tolist() == [2, 1]
+    _, _, ridx, rcounts = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25)
+    assert ridx[0, : rcounts[0]].tolist() == [2, 1]
+    # equal scores above the threshold keep index order, also across the top-k cut
+    scores = torch.tensor([[0.5, 0.5, 0.5, 0.5]], device=device, dtype=dtype)
+    _, _, counts, idx = ops.batched_nms(boxes, scores, 0.3, 0.25, pre_nms_top_k=3, return_indices=True)
+    assert idx[0, : counts[0]].tolist() == [0, 1, 2]
+    _, _, ridx, rcounts = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25, pre_nms_top_k=3)
+    assert ridx[0, : rcounts[0]].tolist() == [0, 1, 2]
