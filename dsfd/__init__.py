@@ -12,6 +12,7 @@ _LAZY = {
     "load_detector": "inference",
     "build_model": "models",
     "load_weights": "models",
+    "export_onnx": "export",
 }
 
 

@@ -17,6 +17,7 @@ _SUBCOMMANDS = [
     "dsfd.evaluation.cli",
     "dsfd.training.cli",
     "dsfd.inference.cli",
+    "dsfd.export.cli",
 ]
 
 

@@ -24,7 +24,8 @@ PY="$VENV/bin/python"
 echo "[env] installing torch and dependencies"
 # shellcheck disable=SC2086
 "$PY" -m pip install -q --disable-pip-version-check $TORCH_SPEC \
-  "setuptools>=64" wheel ninja numpy opencv-python-headless tqdm matplotlib scipy pytest
+  "setuptools>=64" wheel ninja numpy opencv-python-headless tqdm matplotlib scipy pytest \
+  onnx onnxruntime
 
 # Build the CUDA kernels whenever a toolkit is on disk, so that a CUDA compile
 # error fails here (and in CI) even without a GPU.

@@ -43,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default: <data>/ground_truth, <data> = --data or $DSFD_WIDER_ROOT)")
     w.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5)")
     d = p.add_argument_group("running the detector")
-    d.add_argument("--weights", type=Path, help="weights file: run the detector over the images first")
+    d.add_argument("--weights", help="weights name (default, released-resnet152), file or URL: run the "
+                   "detector over the images first")
     d.add_argument("--data", type=Path,
                    help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
     d.add_argument("--split", default="val", choices=["val"], help="split to run on (default val)")
@@ -71,7 +72,7 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _load_detector(weights: Path, accuracy_mode: bool, dtype: str = "auto") -> Callable:
+def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto") -> Callable:
     """The detector from ``dsfd.inference`` (imported only when needed).
 
     Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool)``
@@ -138,7 +139,7 @@ def _eval_wider(args) -> int:
             pred_dir = out_dir / "predictions"
         try:
             n = _run_detector(args, gt, data_root, pred_dir)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError, FileNotFoundError) as e:  # incl. unknown names, failed downloads
             return _error(str(e))
         print(f"wrote predictions for {n} image(s) to {pred_dir}")
     if pred_dir is None:

@@ -58,8 +58,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or video files")
     p.add_argument("--out", type=Path, default=Path("detections"), help="output folder (default: detections)")
     m = p.add_argument_group("model")
-    m.add_argument("--weights", type=Path, help="checkpoint (default: dsfd/weights/default.pth; without one a "
-                   "random network is used and its detections are meaningless)")
+    m.add_argument("--weights", help="weights name (default, released-resnet152; downloaded once into torch's "
+                   "hub cache), checkpoint path or URL (default: the packaged default model)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (detected from --weights; "
                    "default paper without weights)")
     m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
                 dtype=dtype, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold,
                 max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode,
             )
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # bad file / name, failed download
             return _error(str(e))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

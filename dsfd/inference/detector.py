@@ -311,7 +311,9 @@ class Detector:
 
     Args:
         weights: checkpoint path (read by :func:`dsfd.models.load_weights`,
-            which recognises the network), or ``None`` for the packaged default
+            which recognises the network), a weights name (``"default"``,
+            ``"released-resnet152"``: downloaded once into torch's hub cache,
+            see :mod:`dsfd.hub`) or URL, or ``None`` for the packaged default
             ``dsfd/weights/default.pth``; without one a randomly initialised
             ``network`` / ``backbone`` model is built (and passed through
             :func:`calibrate_random_model` so its outputs are finite) and a

@@ -289,7 +289,10 @@ def load_weights(
     """Build the right DSFD model for a checkpoint file and load it strictly.
 
     Args:
-        path: a weights file (see the module docstring for what is recognised).
+        path: a weights file (see the module docstring for what is recognised),
+            a registered weights name (``"default"``, ``"released-resnet152"``;
+            downloaded into torch's hub cache on first use) or a URL, resolved
+            by :func:`dsfd.hub.resolve_weights`. A name forces its network.
         map_location: device for the tensors and the returned model.
         network, backbone: force the architecture instead of detecting it
             (``"paper"``/``"released"``; ``"vgg16"``, ``"resnet50"``, ...).
@@ -301,11 +304,21 @@ def load_weights(
         :class:`~dsfd.models.ReleasedDSFD`) on ``map_location``, in eval mode.
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file (nor a known name or a URL).
         CheckpointError: unreadable / truncated file, unknown or mismatched keys.
+        dsfd.hub.WeightsDownloadError: a name or URL that could not be downloaded.
     """
+    from ..hub import resolve_weights
+
+    spec = path
+    path, named = resolve_weights(path)
+    if named is not None:
+        network = network if network is not None else named.network
+        backbone = backbone if backbone is not None else named.backbone
     sd, config = read_checkpoint(path, map_location)
-    src = repr(os.fspath(path))
+    src = repr(os.fspath(path)) if named is None and os.fspath(spec) == os.fspath(path) else (
+        f"{os.fspath(spec)!r} ({os.fspath(path)})"
+    )
     if _is_dualshot_reference(list(sd)):
         try:
             sd = convert_dualshot_reference_state_dict(sd)

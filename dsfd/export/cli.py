@@ -1,0 +1,117 @@
+"""``dsfd export``: write a DSFD network as an ONNX file (dynamic batch, height and width).
+
+Examples::
+
+    dsfd export dsfd.onnx                                     # packaged default model, boxes + scores
+    dsfd export dsfd_nms.onnx --nms --verify                  # + NonMaxSuppression; check with ONNX Runtime
+    dsfd export released.onnx --weights released-resnet152    # the authors' network (downloads once)
+    dsfd export raw.onnx --outputs raw --input-format float   # loc, conf, anchors; float [B, 3, H, W] input
+
+The graph takes raw BGR images (``uint8 [B, H, W, 3]`` by default, or
+``float32 [B, 3, H, W]`` with ``--input-format float``) and subtracts the
+mean itself; see ``dsfd.export.exporter`` for every input and output.
+``--verify`` runs the file in ONNX Runtime on a real photo (``--image``,
+default the packaged ``dsfd/assets/grace_hopper.jpg``) and compares with
+PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``export`` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "export",
+        help="write a DSFD network as an ONNX file (dynamic batch / height / width; optional NMS)",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("out", type=Path, metavar="OUT.onnx", help="ONNX file to write")
+    m = p.add_argument_group("model")
+    m.add_argument("--weights", default=None,
+                   help="weights name (default, released-resnet152), checkpoint path or URL (default: default)")
+    m.add_argument("--random", action="store_true",
+                   help="export a randomly initialised --network/--backbone network instead (for speed tests)")
+    m.add_argument("--network", choices=["paper", "released"], help="architecture (forced with --weights; "
+                   "with --random default paper)")
+    m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
+                   help="backbone (forced with --weights; with --random default tiny)")
+    g = p.add_argument_group("graph")
+    g.add_argument("--input-format", choices=["uint8", "float"], default="uint8",
+                   help="uint8 [B, H, W, 3] (default) or float32 [B, 3, H, W]; BGR 0-255 either way")
+    g.add_argument("--outputs", choices=["raw", "boxes", "detections"], default="boxes",
+                   help="raw: loc, conf, anchors; boxes: pixel boxes + face scores (default); "
+                        "detections: after ONNX NonMaxSuppression")
+    g.add_argument("--nms", action="store_true", help="shorthand for --outputs detections")
+    g.add_argument("--score-threshold", type=float, default=0.01, help="NMS: minimum score, exclusive (0.01)")
+    g.add_argument("--nms-threshold", type=float, default=0.3, help="NMS: IoU threshold (0.3)")
+    g.add_argument("--top-k", type=int, default=5000, help="NMS: best boxes per image entering NMS (5000)")
+    g.add_argument("--keep-top-k", type=int, default=750, help="NMS: boxes kept per image (750)")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
+    g.add_argument("--sample-size", type=int, nargs=2, default=(320, 416), metavar=("H", "W"),
+                   help="tracing sample size; the file works at any size (320 416)")
+    v = p.add_argument_group("check")
+    v.add_argument("--verify", action="store_true", help="run the file in ONNX Runtime and compare with PyTorch")
+    v.add_argument("--image", type=Path, default=None, help="photo for --verify (default: the packaged one)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"dsfd export: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``dsfd export`` (returns the exit code)."""
+    from ..hub import WeightsDownloadError
+    from .exporter import export_onnx, onnx_metadata, verify_onnx
+
+    outputs = "detections" if args.nms else args.outputs
+    model = None
+    weights = args.weights
+    try:
+        if args.random:
+            if weights is not None:
+                return _error("--random and --weights exclude each other")
+            from ..inference.detector import calibrate_random_model
+            from ..models import build_model
+
+            model = calibrate_random_model(build_model(args.network or "paper", args.backbone or "tiny")).eval()
+        else:
+            from ..models import load_weights
+
+            model = load_weights(weights or "default", network=args.network, backbone=args.backbone)
+        path = export_onnx(
+            args.out, model=model, input_format=args.input_format, outputs=outputs,
+            score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, top_k=args.top_k,
+            keep_top_k=args.keep_top_k, opset=args.opset, sample_size=tuple(args.sample_size),
+        )
+    except (ValueError, OSError, WeightsDownloadError, ImportError) as e:
+        return _error(str(e))
+    meta = onnx_metadata(path)
+    cfg = meta.get("config", {})
+    size_mb = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size_mb:.1f} MiB): {cfg.get('network', '?')}/{cfg.get('backbone', '?')} network, "
+          f"weights {'random' if args.random else (weights or 'default')}")
+    inp = meta.get("input", {})
+    print(f"  input  images: {inp.get('dtype')} [{', '.join('B' if c == 'B' else c for c in inp.get('layout', ''))}]"
+          f" BGR 0-255 (mean subtracted in the graph); batch, height and width dynamic")
+    outs = meta.get("outputs", {})
+    print(f"  output {', '.join(outs.get('names', []))}")
+    if args.verify:
+        try:
+            report = verify_onnx(path, model, image=args.image)
+        except ImportError as e:
+            return _error(f"--verify needs onnxruntime: {e}")
+        print("  verify (ONNX Runtime vs PyTorch): " + json.dumps(report))
+        if not report.get("ok", False):
+            return 1
+    return 0
