@@ -56,6 +56,8 @@ def _train_command(run_args: dict) -> str:
         flag = "--lambda" if k == "lambda_" else "--" + ("weights" if k == "init_weights" else k.replace("_", "-"))
         if v is True:
             parts.append(flag)
+        elif isinstance(v, list) and k == "data":
+            parts.extend(f"{flag} {d}" for d in v)
         elif isinstance(v, list):
             parts.append(f"{flag} {','.join(map(str, v))}")
         else:
@@ -68,6 +70,8 @@ def main() -> int:
     p.add_argument("checkpoint")
     p.add_argument("--log", help="the run's log.jsonl (its start record holds the training arguments)")
     p.add_argument("--eval-json", help="ap.json written by `dsfd eval`")
+    p.add_argument("--eval-json-accuracy-mode", help="ap.json of `dsfd eval --accuracy-mode`")
+    p.add_argument("--note", action="append", default=[], help="a sentence to record (repeatable)")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
     p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
     args = p.parse_args()
@@ -114,6 +118,9 @@ def main() -> int:
         record["training"] = {
             "args": start.get("args"),
             "command": _train_command(start.get("args") or {}),
+            "data_roots": start.get("data_roots"),
+            "amp": start.get("amp"),
+            "channels_last": start.get("channels_last"),
             "hardware": start.get("hardware") or _hardware(start),
             "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
             "started": _iso(rows[0]["time"]) if rows else None,
@@ -125,6 +132,10 @@ def main() -> int:
         }
     if args.eval_json:
         record["evaluation"] = json.loads(Path(args.eval_json).read_text())
+    if args.eval_json_accuracy_mode:
+        record["evaluation_accuracy_mode"] = json.loads(Path(args.eval_json_accuracy_mode).read_text())
+    if args.note:
+        record["notes"] = list(args.note)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("file", "bytes", "parameters", "dtype", "iteration")}))
     return 0

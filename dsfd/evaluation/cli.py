@@ -75,7 +75,7 @@ def _error(msg: str) -> int:
 def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto") -> Callable:
     """The detector from ``dsfd.inference`` (imported only when needed).
 
-    Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool)``
+    Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool, dtype=...)``
     returns a callable mapping a BGR ``uint8`` image ``[H, W, 3]`` to a
     ``[K, 5]`` array of ``x1, y1, x2, y2, score`` in pixels.
     """

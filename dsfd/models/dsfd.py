@@ -238,9 +238,10 @@ def dsfd_paper(
     """The paper's dual-shot DSFD.
 
     Args:
-        backbone: ``"vgg16"``, ``"resnet50"``, ``"resnet101"``, ``"resnet152"``
-            or ``"tiny"`` (1-block-per-stage ResNet, 1/8 widths, for tests and
-            CPU smoke runs).
+        backbone: ``"vgg16"``, ``"resnet50"``, ``"resnet101"``, ``"resnet152"``,
+            ``"tiny"`` (1-block-per-stage ResNet, 1/8 widths, for tests and
+            CPU smoke runs) or ``"lite"`` (all-BatchNorm backbone for training
+            from scratch on CPU; the default model's).
         width_mult: width multiplier of the backbone (default 1; 1/8 for tiny).
         backbone_weights: local torchvision-format ImageNet ``state_dict`` file.
         conv6_dilation: VGG16 conv6 dilation (3).
@@ -264,7 +265,7 @@ def build_model(network: str = "paper", backbone: Optional[str] = None, **kwargs
         network: ``"paper"`` (dual shot, :func:`dsfd_paper`) or ``"released"``
             (the authors' single-shot network, :func:`~dsfd.models.released.dsfd_released`).
         backbone: ``"vgg16"``, ``"resnet50"``, ``"resnet101"``, ``"resnet152"``
-            (default) or ``"tiny"``.
+            (default), ``"tiny"`` or ``"lite"`` (paper network only).
         **kwargs: options of the chosen factory (``width_mult``,
             ``backbone_weights``, ``fuse_branches``, ...). ``tiny=True`` is a
             shorthand for ``backbone="tiny"``.
