@@ -17,16 +17,4 @@ from .exporter import (
     verify_onnx,
 )
 
-__all__ = [
-    "export_onnx",
-    "onnx_metadata",
-    "verify_onnx",
-    "match_detections",
-    "OnnxDetector",
-    "plain_pytorch_ops",
-    "face_predictions",
-    "traced_anchors",
-    "INPUT_FORMATS",
-    "OUTPUTS",
-    "DEFAULT_OPSET",
-]
+from .exporter import __all__  # noqa: E402,F401  (one list of the public names)

@@ -269,12 +269,9 @@ class OnnxDetector(nn.Module):
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
         if outputs not in OUTPUTS:
             raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
-        if not 0.0 <= float(score_threshold) <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        if not 0.0 < float(nms_threshold) <= 1.0:
-            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
-        if int(top_k) < 1 or int(keep_top_k) < 1:
-            raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k}, {keep_top_k}")
+        from ..inference.detector import check_postprocess_args
+
+        check_postprocess_args(score_threshold, nms_threshold, top_k, keep_top_k)
         self.network = _network(model)
         self.model = model.eval()
         self.input_format = input_format

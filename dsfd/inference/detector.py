@@ -306,6 +306,16 @@ def _as_hw(size: Union[None, int, Sequence[int]]) -> Optional[Tuple[int, int]]:
     return h, w
 
 
+def check_postprocess_args(score_threshold: float, nms_threshold: float, top_k: int, keep_top_k: int) -> None:
+    """``ValueError`` naming the first post-processing setting out of range (Detector and ONNX export)."""
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 < float(nms_threshold) <= 1.0:
+        raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+    if int(top_k) < 1 or int(keep_top_k) < 1:
+        raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k}, {keep_top_k}")
+
+
 class Detector:
     """DSFD face detector with on-device batched post-processing.
 
@@ -389,12 +399,7 @@ class Detector:
         from ..precision import resolve_dtype
 
         dtype = resolve_dtype(dtype, self.device)
-        if not 0.0 <= float(score_threshold) <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        if not 0.0 < float(nms_threshold) <= 1.0:
-            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
-        if int(top_k) < 1 or int(keep_top_k) < 1:
-            raise ValueError(f"top_k and keep_top_k must be >= 1, got {top_k}, {keep_top_k}")
+        check_postprocess_args(score_threshold, nms_threshold, top_k, keep_top_k)
         if int(max_size) < MIN_INPUT_SIZE:
             raise ValueError(f"max_size must be >= {MIN_INPUT_SIZE}, got {max_size}")
         if (compile or cuda_graphs) and self.device.type != "cuda":

@@ -258,6 +258,16 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def _he_init_conv_bn(module: nn.Module) -> None:
+    """He (fan-out) init for every conv, BatchNorm at scale 1 and shift 0 (torchvision's ResNet init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ResNet(nn.Module):
     """The ResNet trunk (no pooling head, no ``fc``), torchvision parameter names.
 
@@ -278,12 +288,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(w[2], layers[2], stride=2)
         self.layer4 = self._make_layer(w[3], layers[3], stride=2)
         self.stage_channels: List[int] = [c * Bottleneck.expansion for c in w]
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _he_init_conv_bn(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -422,12 +427,7 @@ class LiteBackbone(nn.Module):
             self.extras.append(nn.Sequential(_conv_bn_relu(c_in, mid, kernel=1), _conv_bn_relu(mid, w[i], stride=2)))
             c_in = w[i]
         self.out_channels: List[int] = list(w)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _he_init_conv_bn(self)
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
