@@ -112,13 +112,18 @@ def main() -> int:
     }
     if args.log:
         rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
-        start = next((r for r in rows if r.get("type") == "start"), {})
+        starts = [r for r in rows if r.get("type") == "start"]
+        # the last start holds the arguments the run finished with (a resume may change the schedule)
+        start = starts[-1] if starts else {}
         train = [r for r in rows if r.get("type") == "train"]
         val = [r for r in rows if r.get("type") == "val"]
         record["training"] = {
             "args": start.get("args"),
             "command": _train_command(start.get("args") or {}),
             "data_roots": start.get("data_roots"),
+            "starts": [{"iter": r.get("iter"), "iters": (r.get("args") or {}).get("iters"),
+                        "lr_steps": (r.get("args") or {}).get("lr_steps"), "time": _iso(r["time"])}
+                       for r in starts],
             "amp": start.get("amp"),
             "channels_last": start.get("channels_last"),
             "hardware": start.get("hardware") or _hardware(start),
