@@ -310,8 +310,6 @@ def _error(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``dsfd detect`` (returns the exit code)."""
-    import torch
-
     from .detector import DEFAULT_MAX_SIZE, Detector
 
     if args.batch_size < 1:
@@ -321,13 +319,12 @@ def run(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
         return _error("no image or video inputs found")
-    dtype = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             detector = Detector(
                 weights=args.weights, network=args.network, backbone=args.backbone, device=args.device,
-                dtype=dtype, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold,
+                dtype=args.dtype, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold,
                 max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode,
             )
         except (ValueError, OSError, RuntimeError) as e:  # bad file / name, failed download

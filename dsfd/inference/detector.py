@@ -500,7 +500,8 @@ class Detector:
         src = "random weights" if self.random_weights else (self.weights or "given model")
         return (
             f"Detector({cfg.get('network', '?')}/{cfg.get('backbone', '?')}, {src}, device={self.device}, "
-            f"dtype={self.dtype}, channels_last={self.channels_last}, score_threshold={self.score_threshold}, nms_threshold={self.nms_threshold}, "
+            f"dtype={self.dtype}, channels_last={self.channels_last}, score_threshold={self.score_threshold}, "
+            f"nms_threshold={self.nms_threshold}, "
             f"input_size={self.input_size}, accuracy_mode={self.accuracy_mode})"
         )
 

@@ -330,9 +330,6 @@ class Trainer:
     def _data_roots(self) -> List[Path]:
         return [Path(r) for r in self.cfg.data_roots()] or [wider_root()]
 
-    def _data_root(self) -> Path:
-        return self._data_roots()[0]
-
     def _build_train_dataset(self) -> Dataset:
         cfg = self.cfg
         tf = TrainTransform(size=cfg.size) if cfg.augment == "full" else EvalTransform(size=cfg.size)
