@@ -16,6 +16,7 @@ from typing import List, Optional
 _SUBCOMMANDS = [
     "dsfd.evaluation.cli",
     "dsfd.training.cli",
+    "dsfd.training.anchor_stats",
     "dsfd.inference.cli",
     "dsfd.export.cli",
 ]

@@ -118,6 +118,16 @@ class DSFD(nn.Module):
         fem_norm: BatchNorm after every FEM conv, for training from scratch
             (see :class:`~dsfd.models.fem.FeatureEnhanceModule`);
             :meth:`fold_fem_norm` folds it away after training.
+        fem: ablation switch (paper Table 1). ``False`` drops the Feature
+            Enhance Module: the second shot's head runs on the backbone's
+            own maps (a plain dual shot; with ``pal=False`` the FSSD baseline).
+        pal: ablation switch (paper Table 3). ``False`` drops the first shot
+            and its small anchors: one shot (the second: regular anchors,
+            on the FEM output when ``fem``) trained with a single shot's
+            loss. The model's ``shots`` is then ``(2,)``.
+
+    Every combination keeps the second shot as the test-time shot, so
+    inference, export and evaluation work the same for all of them.
 
     ``forward(images, shots=None)`` with ``images[B, 3, H, W]`` (BGR minus
     mean) returns :class:`DSFDOutput`. ``shots=None`` means both shots in
@@ -140,6 +150,8 @@ class DSFD(nn.Module):
         fuse_branches: bool = True,
         upsample_align_corners: bool = False,
         fem_norm: bool = False,
+        fem: bool = True,
+        pal: bool = True,
     ) -> None:
         super().__init__()
         ch = list(getattr(backbone, "out_channels"))
@@ -148,13 +160,29 @@ class DSFD(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.variances = (0.1, 0.2)
+        self.use_fem = bool(fem)
+        self.use_pal = bool(pal)
+        #: Shots this network has (1: small anchors on the backbone maps, 2: the test-time shot).
+        self.shots: Tuple[int, ...] = (1, 2) if self.use_pal else (2,)
         scales = getattr(backbone, "l2norm_scales", None) or ()
-        self.source_norms = nn.ModuleList([L2Norm(ch[i], s) for i, s in enumerate(scales)])
-        self.fem = FeatureEnhanceModule(ch, fem_dilation, upsample_align_corners, fuse_branches, norm=fem_norm)
-        self.enhanced_norms = nn.ModuleList([L2Norm(ch[i], s) for i, s in enumerate(scales)])
-        self.first_shot_head = DSFDHead(ch, num_classes)
+        # the backbone maps' L2Norms serve the first shot, and the second when there is no FEM
+        needs_source_norms = self.use_pal or not self.use_fem
+        self.source_norms = nn.ModuleList(
+            [L2Norm(ch[i], s) for i, s in enumerate(scales)] if needs_source_norms else []
+        )
+        self.fem: Optional[FeatureEnhanceModule] = (
+            FeatureEnhanceModule(ch, fem_dilation, upsample_align_corners, fuse_branches, norm=fem_norm)
+            if self.use_fem
+            else None
+        )
+        self.enhanced_norms = nn.ModuleList(
+            [L2Norm(ch[i], s) for i, s in enumerate(scales)] if self.use_fem else []
+        )
+        self.first_shot_head: Optional[DSFDHead] = DSFDHead(ch, num_classes) if self.use_pal else None
         self.second_shot_head = DSFDHead(ch, num_classes)
-        self.first_shot_anchors = AnchorGenerator(first_shot_sizes, steps, aspect_ratio, clip_anchors)
+        self.first_shot_anchors: Optional[AnchorGenerator] = (
+            AnchorGenerator(first_shot_sizes, steps, aspect_ratio, clip_anchors) if self.use_pal else None
+        )
         self.second_shot_anchors = AnchorGenerator(second_shot_sizes, steps, aspect_ratio, clip_anchors)
         self.config: Dict[str, Any] = {"network": "paper"}
 
@@ -165,7 +193,8 @@ class DSFD(nn.Module):
         ``state_dict`` loads into ``build_model(..., fem_norm=False)``) and
         ``config["fem_norm"]`` is dropped. Eval-mode outputs are unchanged.
         """
-        self.fem.fold_norm()
+        if self.fem is not None:
+            self.fem.fold_norm()
         self.config.pop("fem_norm", None)
         return self
 
@@ -192,16 +221,24 @@ class DSFD(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
         want_first, want_second = _parse_shots(shots, self.training)
+        if not self.use_pal:
+            if shots is not None and want_first:
+                raise ValueError("this network was built with pal=False and has no first shot")
+            want_first = False
         feats = self.backbone(images)
         image_size = (int(images.shape[-2]), int(images.shape[-1]))
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         dev = images.device
         first = second = None
         if want_first:
+            assert self.first_shot_head is not None and self.first_shot_anchors is not None
             loc, conf = self.first_shot_head(self._norm(self.source_norms, feats))
             first = ShotOutput(loc, conf, self.first_shot_anchors(image_size, sizes, dev))
         if want_second:
-            enhanced = self._norm(self.enhanced_norms, self.fem(feats))
+            if self.fem is not None:
+                enhanced = self._norm(self.enhanced_norms, self.fem(feats))
+            else:
+                enhanced = self._norm(self.source_norms, feats)
             loc, conf = self.second_shot_head(enhanced)
             second = ShotOutput(loc, conf, self.second_shot_anchors(image_size, sizes, dev))
         return DSFDOutput(first, second)
@@ -233,6 +270,7 @@ def dsfd_paper(
     width_mult: Optional[float] = None,
     backbone_weights: Optional[PathLike] = None,
     conv6_dilation: int = 3,
+    fssd: bool = False,
     **kwargs: Any,
 ) -> DSFD:
     """The paper's dual-shot DSFD.
@@ -245,8 +283,21 @@ def dsfd_paper(
         width_mult: width multiplier of the backbone (default 1; 1/8 for tiny).
         backbone_weights: local torchvision-format ImageNet ``state_dict`` file.
         conv6_dilation: VGG16 conv6 dilation (3).
-        **kwargs: passed to :class:`DSFD` (``clip_anchors``, ``fuse_branches``, ...).
+        fssd: the paper's FSSD baseline, shorthand for ``fem=False, pal=False``:
+            one shot on the backbone's six maps with the regular
+            S3FD-style anchors (16..512 px on strides 4..128).
+        **kwargs: passed to :class:`DSFD` (``fem``, ``pal``, ``clip_anchors``,
+            ``fuse_branches``, ...).
     """
+    if fssd:
+        if kwargs.get("fem") or kwargs.get("pal"):
+            raise ValueError("fssd=True means fem=False and pal=False")
+        kwargs["fem"] = False
+        kwargs["pal"] = False
+    # the full paper network is the default: only record switches that differ
+    for switch in ("fem", "pal"):
+        if switch in kwargs and bool(kwargs[switch]):
+            del kwargs[switch]
     bb = build_backbone(backbone, width_mult=width_mult, conv6_dilation=conv6_dilation, weights=backbone_weights)
     model = DSFD(bb, **kwargs)
     config: Dict[str, Any] = {"network": "paper", "backbone": backbone.lower(), "width_mult": bb.width_mult}

@@ -59,6 +59,8 @@ MODEL_CONFIG_KEYS = (
     "clip_anchors",
     "fem_dilation",
     "upsample_align_corners",
+    "fem",
+    "pal",
 )
 
 

@@ -71,9 +71,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="BatchNorm after every FEM conv (training from scratch; folded away on export)")
     m.add_argument("--weights", dest="init_weights",
                    help="initialise from DSFD weights (load_weights formats; fine-tuning, not a resume)")
+    m.add_argument("--init-backbone",
+                   help="initialise only the backbone from these DSFD weights (FEM and heads start fresh)")
     m.add_argument("--bn", choices=["train", "frozen", "sync"], default=d.bn,
                    help="BatchNorm: batch statistics per rank, frozen (statistics and affine), or SyncBatchNorm")
     m.add_argument("--lambda", dest="lambda_", type=float, default=d.lambda_, help="PAL weight of the second shot")
+    a = p.add_argument_group("ablation switches (defaults: the paper's full DSFD)")
+    a.add_argument("--no-fem", dest="fem", action="store_false",
+                   help="no Feature Enhance Module: the second shot runs on the backbone maps (plain dual shot)")
+    a.add_argument("--no-pal", dest="pal", action="store_false",
+                   help="no Progressive Anchor Loss: one shot (regular 16..512 anchors), a single shot's loss")
+    a.add_argument("--fssd", action="store_true",
+                   help="the paper's FSSD baseline: --no-fem --no-pal (one shot on the backbone's six maps)")
+    a.add_argument("--anchor-aspect", type=float, default=d.anchor_aspect,
+                   help="anchor height:width (DSFD 1.5; S3FD's square anchors: 1)")
+    a.add_argument("--das-prob", type=float, default=d.das_prob,
+                   help="probability of data-anchor-sampling crops (IAM: 0.4)")
+    a.add_argument("--no-data-anchor-sampling", dest="das_prob", action="store_const", const=0.0,
+                   help="IAM's data side off: SSD-style crops only (same as --das-prob 0)")
+    a.add_argument("--matching", choices=["iam", "s3fd", "ssd"], default=d.matching,
+                   help="anchor matching: iam (IoU >= 0.4), s3fd (>= 0.35 + scale compensation to 6 anchors "
+                        "at IoU >= 0.1), ssd (>= 0.5)")
+    a.add_argument("--match-iou", type=float, default=None, help="override the matching preset's IoU threshold")
     o = p.add_argument_group("optimisation (defaults: the paper's schedule)")
     o.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over the ranks)")
     o.add_argument("--iters", type=int, default=d.iters, help="optimizer steps")
@@ -120,11 +139,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=data, out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
         backbone_weights=args.backbone_weights, fem_norm=args.fem_norm, init_weights=args.init_weights,
+        init_backbone=args.init_backbone,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,
         warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, size=args.size, augment=args.augment,
         train_images=args.train_images, min_face=args.min_face, workers=args.workers, device=args.device,
         amp=args.amp, channels_last=args.channels_last, bn=args.bn, lambda_=args.lambda_,
+        fem=args.fem and not args.fssd, pal=args.pal and not args.fssd, anchor_aspect=args.anchor_aspect,
+        das_prob=args.das_prob, matching=args.matching, match_iou=args.match_iou,
         val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, log_every=args.log_every, seed=args.seed, deterministic=args.deterministic,
         clip_grad=args.clip_grad, resume=args.resume, stop_at=args.stop_at, progress=args.progress,

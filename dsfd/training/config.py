@@ -50,6 +50,10 @@ class TrainConfig:
             :func:`dsfd.models.load_weights` reads; the architecture must
             match) instead of a fresh initialisation - fine-tuning, not a
             resume (optimizer, schedule and data start from scratch).
+        init_backbone: start only the backbone from the backbone of these
+            DSFD weights (any architecture variant with the same backbone:
+            the ablations' stand-in for an ImageNet start); FEM and heads
+            start fresh.
         batch_size: **global** batch (all ranks together); each of the
             ``world_size`` ranks gets ``batch_size // world_size`` images, so
             the schedule does not depend on the number of GPUs.
@@ -78,6 +82,17 @@ class TrainConfig:
             usual choice with ImageNet weights and small per-GPU batches) or
             ``"sync"`` (SyncBatchNorm across ranks, CUDA only).
         lambda_: PAL weight of the second shot.
+        fem, pal: ablation switches of the network (see
+            :class:`dsfd.models.DSFD`): ``fem=False`` runs the second shot on
+            the backbone maps, ``pal=False`` trains one shot (the second)
+            with a single shot's loss; both off is the paper's FSSD baseline.
+        anchor_aspect: anchor height : width (DSFD 1.5; S3FD's square anchors 1.0).
+        das_prob: probability of data-anchor-sampling crops (IAM: 2/5; 0 turns
+            it off, leaving only SSD-style crops).
+        matching: anchor matching preset of the loss (see
+            :data:`dsfd.losses.MATCHING_PRESETS`): ``"iam"`` (IoU 0.4),
+            ``"s3fd"`` (0.35 + scale compensation) or ``"ssd"`` (0.5).
+        match_iou: override the preset's positive IoU threshold.
         val_every: validate every N iterations (0: never); ``val_images``
             limits the validation images (0: the whole val split).
         ckpt_every: write ``last.pt`` every N iterations (0: only at the end
@@ -101,6 +116,7 @@ class TrainConfig:
     backbone_weights: Optional[str] = None
     fem_norm: bool = False
     init_weights: Optional[str] = None
+    init_backbone: Optional[str] = None
     batch_size: int = 16
     iters: int = 60_000
     lr: float = 1e-3
@@ -120,6 +136,12 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     bn: str = "train"
     lambda_: float = 1.0
+    fem: bool = True
+    pal: bool = True
+    anchor_aspect: float = 1.5
+    das_prob: float = 0.4
+    matching: str = "iam"
+    match_iou: Optional[float] = None
     val_every: int = 2000
     val_images: int = 0
     ckpt_every: int = 1000
@@ -141,6 +163,14 @@ class TrainConfig:
             raise ValueError(f"augment must be 'full' or 'none', got {self.augment!r}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+        if not 0.0 <= self.das_prob <= 1.0:
+            raise ValueError(f"das_prob must be in [0, 1], got {self.das_prob}")
+        if self.matching not in ("iam", "s3fd", "ssd"):
+            raise ValueError(f"matching must be iam, s3fd or ssd, got {self.matching!r}")
+        if self.match_iou is not None and not 0.0 < self.match_iou <= 1.0:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+        if self.anchor_aspect <= 0:
+            raise ValueError(f"anchor_aspect must be > 0, got {self.anchor_aspect}")
         if self.bn not in ("train", "frozen", "sync"):
             raise ValueError(f"bn must be train, frozen or sync, got {self.bn!r}")
 
@@ -152,6 +182,17 @@ class TrainConfig:
         if isinstance(self.data, (list, tuple)):
             return [str(d) for d in self.data]
         return [str(self.data)]
+
+    def model_switches(self) -> Dict[str, Any]:
+        """Ablation options of :func:`dsfd.models.build_model` that differ from the full DSFD."""
+        kw: Dict[str, Any] = {}
+        if not self.fem:
+            kw["fem"] = False
+        if not self.pal:
+            kw["pal"] = False
+        if self.anchor_aspect != 1.5:
+            kw["aspect_ratio"] = float(self.anchor_aspect)
+        return kw
 
     def resolved_lr_steps(self) -> Tuple[int, ...]:
         return tuple(int(s) for s in self.lr_steps) if self.lr_steps else default_lr_steps(self.iters)

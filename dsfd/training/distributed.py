@@ -178,9 +178,11 @@ def pal_loss(
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Progressive Anchor Loss normalised by the *global* positive counts.
 
+    A thin adapter: the sum itself lives in
+    :class:`dsfd.losses.ProgressiveAnchorLoss` (``world_size`` / ``all_reduce``).
+
     Args:
-        criterion: a :class:`dsfd.losses.ProgressiveAnchorLoss` (its
-            ``shot_loss`` and ``lambda_`` are used).
+        criterion: a :class:`dsfd.losses.ProgressiveAnchorLoss`.
         first, second: ``(loc, conf, anchors)`` of each shot (``None``: skipped).
         gt_boxes, gt_counts: this rank's targets.
         info: rank layout; ``None`` or one process gives exactly
@@ -193,32 +195,7 @@ def pal_loss(
         single-process values, and ``{first,second}_num_pos`` summed give the
         global counts (see :func:`all_reduce_sum`).
     """
-    shots = [(n, s, w) for n, s, w in (("first", first, 1.0), ("second", second, criterion.lambda_)) if s is not None]
-    if not shots:
-        raise ValueError("pal_loss needs at least one shot")
-    outs = [criterion.shot_loss(s[0], s[1], s[2], gt_boxes, gt_counts) for _, s, _ in shots]
     world = 1 if info is None else info.world_size
-    if world > 1:
-        n_local = torch.stack([o["num_pos"] for o in outs])
-        n_global = n_local.clone()
-        dist.all_reduce(n_global, op=dist.ReduceOp.SUM)
-        # W * S_r / max(1, N) = W * (S_r / max(1, N_r)) * max(1, N_r) / max(1, N)
-        scales = world * n_local.clamp(min=1).float() / n_global.clamp(min=1).float()
-    total: Optional[Tensor] = None
-    parts: Dict[str, Tensor] = {}
-    contrib_total: Optional[Tensor] = None
-    for k, ((name, _, weight), o) in enumerate(zip(shots, outs)):
-        loss_l, loss_c = o["loss_l"], o["loss_c"]
-        if world > 1:
-            loss_l = loss_l * scales[k]
-            loss_c = loss_c * scales[k]
-        term = loss_l + loss_c
-        total = term * weight if total is None else total + term * weight
-        contrib = term.detach() * weight / world
-        contrib_total = contrib if contrib_total is None else contrib_total + contrib
-        parts[f"{name}_loss_l"] = loss_l.detach() / world
-        parts[f"{name}_loss_c"] = loss_c.detach() / world
-        parts[f"{name}_num_pos"] = o["num_pos"].detach()
-    assert total is not None and contrib_total is not None
-    parts["total"] = contrib_total
-    return total, parts
+    if world <= 1:
+        return criterion(first, second, gt_boxes, gt_counts)
+    return criterion(first, second, gt_boxes, gt_counts, world_size=world, all_reduce=dist.all_reduce)

@@ -252,14 +252,23 @@ class Trainer:
             kw["backbone_weights"] = cfg.backbone_weights
         if cfg.fem_norm:
             kw["fem_norm"] = True
+        kw.update(cfg.model_switches())
+        if cfg.network != "paper":
+            raise ValueError("training needs the paper's network (--network paper)")
         model = build_model(cfg.network, cfg.backbone, **kw)
-        if getattr(model, "first_shot_head", None) is None:
-            raise ValueError("training needs the paper's dual-shot network (--network paper)")
         if cfg.init_weights:
             from ..models.weights import load_state_dict_checked, load_weights
 
             src = load_weights(cfg.init_weights, map_location="cpu")
             load_state_dict_checked(model, src.state_dict(), source=repr(str(cfg.init_weights)))
+            del src
+        if cfg.init_backbone:
+            from ..models.weights import load_state_dict_checked, load_weights
+
+            src = load_weights(cfg.init_backbone, map_location="cpu")
+            load_state_dict_checked(
+                model.backbone, src.backbone.state_dict(), source=f"the backbone of {str(cfg.init_backbone)!r}"
+            )
             del src
         self.frozen_bn: List[nn.Module] = []
         if cfg.bn == "frozen":
@@ -276,7 +285,9 @@ class Trainer:
                 raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.criterion = ProgressiveAnchorLoss(lambda_=cfg.lambda_)
+        self.criterion = ProgressiveAnchorLoss(
+            lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -332,7 +343,11 @@ class Trainer:
 
     def _build_train_dataset(self) -> Dataset:
         cfg = self.cfg
-        tf = TrainTransform(size=cfg.size) if cfg.augment == "full" else EvalTransform(size=cfg.size)
+        tf = (
+            TrainTransform(size=cfg.size, das_prob=cfg.das_prob)
+            if cfg.augment == "full"
+            else EvalTransform(size=cfg.size)
+        )
         ds = WiderFaceDataset(self._data_roots(), "train", transform=tf, min_face=cfg.min_face, seed=cfg.seed)
         sel = cfg.train_images
         if isinstance(sel, (list, tuple)):
@@ -471,7 +486,7 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def forward_loss(self, batch: Sequence[Any]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Forward both shots and the globally normalised PAL loss of one (per-rank) batch."""
+        """Forward the network's shots and the globally normalised PAL loss of one (per-rank) batch."""
         images, gt_boxes, gt_counts = self._to_device(batch)
         with self._autocast():
             out = self.ddp_model(images)
@@ -507,8 +522,10 @@ class Trainer:
                 for batch in fork_safe_iter(loader):
                     images, gt_boxes, gt_counts = self._to_device(batch)
                     with self._autocast():
-                        out = self.model(images, shots=(1, 2))
+                        out = self.model(images, shots=self.model.shots)
                     for k, shot in enumerate((out.first, out.second)):
+                        if shot is None:
+                            continue
                         o = self.criterion.shot_loss(shot.loc, shot.conf, shot.anchors, gt_boxes, gt_counts)
                         d = o["num_pos"].clamp(min=1).double()
                         sums[2 * k] += o["loss_l"].double() * d
@@ -528,8 +545,11 @@ class Trainer:
             "second_num_pos": s[5],
             "images": n,
         }
-        res["total"] = res["first_loss_l"] + res["first_loss_c"] + self.criterion.lambda_ * (
-            res["second_loss_l"] + res["second_loss_c"]
+        w = self.criterion.shot_weights()
+        res["total"] = sum(
+            w[name] * (res[f"{name}_loss_l"] + res[f"{name}_loss_c"])
+            for name, k in (("first", 1), ("second", 2))
+            if k in self.model.shots
         )
         return res
 
@@ -604,7 +624,8 @@ class Trainer:
                         raise
                     data_time += time.perf_counter() - t0
                     parts = self.train_step(batch)
-                    acc += torch.stack([parts[k].double() for k in LOG_KEYS])
+                    # a one-shot (pal=False) network logs 0 for the first shot
+                    acc += torch.stack([parts[k].double() if k in parts else acc.new_zeros(()) for k in LOG_KEYS])
                     self.iteration += 1
                     window += 1
                     it = self.iteration
