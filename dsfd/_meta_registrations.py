@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .constants import IOU_THRESHOLD, MAX_KEEP, PRE_NMS_TOP_K, SCORE_THRESHOLD, VOTE_IOU_THRESHOLD
 from .extension import _has_ops
 
 
@@ -50,7 +51,8 @@ if _has_ops():
         return boxes.new_empty(num_kept, dtype=torch.int64)
 
     @torch.library.register_fake("dsfd::batched_nms")
-    def _batched_nms_fake(boxes, scores, iou_threshold=0.3, score_threshold=0.01, pre_nms_top_k=5000, max_keep=750):
+    def _batched_nms_fake(boxes, scores, iou_threshold=IOU_THRESHOLD, score_threshold=SCORE_THRESHOLD,
+                          pre_nms_top_k=PRE_NMS_TOP_K, max_keep=MAX_KEEP):
         _check_boxes(boxes, 3, "boxes", "dsfd::batched_nms")
         torch._check(scores.dim() == 2, lambda: "dsfd::batched_nms: scores must be [B, N]")
         B = boxes.shape[0]
@@ -62,7 +64,7 @@ if _has_ops():
         )
 
     @torch.library.register_fake("dsfd::box_voting")
-    def _box_voting_fake(boxes, scores, iou_threshold=0.3, max_keep=750):
+    def _box_voting_fake(boxes, scores, iou_threshold=VOTE_IOU_THRESHOLD, max_keep=MAX_KEEP):
         _check_boxes(boxes, 2, "boxes", "dsfd::box_voting")
         torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "dsfd::box_voting: scores must be [N]")
         num_groups = torch.library.get_ctx().new_dynamic_size()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import dsfd.ops as ops
+import dsfd.ops.compiled as ops
 from dsfd.ops import reference as ref
 
 from conftest import cpu_and_cuda

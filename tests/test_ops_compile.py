@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import dsfd.ops as ops
+import dsfd.ops.compiled as ops
 
 from helpers import random_anchors, random_boxes, random_gt
 

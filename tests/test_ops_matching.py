@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import dsfd.ops as ops
+import dsfd.ops.compiled as ops
 from dsfd.ops import reference as ref
 
 from conftest import cpu_and_cuda

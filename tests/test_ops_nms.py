@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-import dsfd.ops as ops
+import dsfd.ops.compiled as ops
 from dsfd.ops import reference as ref
 
 from conftest import cpu_and_cuda
@@ -110,7 +110,7 @@ def check_batched(boxes, scores, iou=0.3, score_thr=0.01, top_k=5000, max_keep=7
     ob, os_, oc, oi = ops.batched_nms(boxes, scores, iou, score_thr, top_k, max_keep, return_indices=True)
     B = boxes.shape[0]
     assert ob.shape == (B, max_keep, 4) and os_.shape == (B, max_keep) and oc.shape == (B,) and oi.shape == (B, max_keep)
-    rb, rs, ri, rc = ref.batched_nms(boxes.cpu(), scores.cpu(), iou, score_thr, top_k, max_keep)
+    rb, rs, rc, ri = ref.batched_nms(boxes.cpu(), scores.cpu(), iou, score_thr, top_k, max_keep, return_indices=True)
     assert torch.equal(oc.cpu(), rc)
     assert torch.equal(oi.cpu(), ri)
     assert torch.equal(ob.cpu(), rb) and torch.equal(os_.cpu(), rs)
@@ -208,7 +208,7 @@ def test_batched_nms_cuda_graph_capture():
     scores.copy_(new_scores)
     graph.replay()
     torch.cuda.synchronize()
-    rb, rs, ri, rc = ref.batched_nms(boxes.cpu(), new_scores.cpu(), 0.3, 0.01, 5000, 750)
+    rb, rs, rc, ri = ref.batched_nms(boxes.cpu(), new_scores.cpu(), 0.3, 0.01, 5000, 750, return_indices=True)
     assert torch.equal(out[2].cpu(), rc) and torch.equal(out[3].cpu(), ri)
 
 
@@ -248,7 +248,7 @@ def test_nms_iou_exactly_at_threshold_is_kept(device, dtype, iou, expected):
     # batched_nms applies the same rule (score threshold 0 lets every box in)
     _, _, counts, idx = ops.batched_nms(boxes[None], scores[None], iou, 0.0, return_indices=True)
     assert idx[0, : counts[0]].tolist() == expected
-    _, _, ridx, rcounts = ref.batched_nms(boxes[None].cpu(), scores[None].cpu(), iou, 0.0)
+    _, _, rcounts, ridx = ref.batched_nms(boxes[None].cpu(), scores[None].cpu(), iou, 0.0, return_indices=True)
     assert ridx[0, : rcounts[0]].tolist() == expected
 
 
@@ -278,11 +278,36 @@ def test_batched_nms_score_exactly_at_threshold_is_dropped(device, dtype):
     scores = torch.tensor([[0.25, above, 0.5, 0.125]], device=device, dtype=dtype)
     _, out_scores, counts, idx = ops.batched_nms(boxes, scores, 0.3, 0.25, return_indices=True)
     assert idx[0, : counts[0]].tolist() == [2, 1]
-    _, _, ridx, rcounts = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25)
+    _, _, rcounts, ridx = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25, return_indices=True)
     assert ridx[0, : rcounts[0]].tolist() == [2, 1]
     # equal scores above the threshold keep index order, also across the top-k cut
     scores = torch.tensor([[0.5, 0.5, 0.5, 0.5]], device=device, dtype=dtype)
     _, _, counts, idx = ops.batched_nms(boxes, scores, 0.3, 0.25, pre_nms_top_k=3, return_indices=True)
     assert idx[0, : counts[0]].tolist() == [0, 1, 2]
-    _, _, ridx, rcounts = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25, pre_nms_top_k=3)
+    _, _, rcounts, ridx = ref.batched_nms(boxes.cpu(), scores.cpu(), 0.3, 0.25, pre_nms_top_k=3, return_indices=True)
     assert ridx[0, : rcounts[0]].tolist() == [0, 1, 2]
+
+
+def test_dispatch_and_reference_give_the_kernels_shapes():
+    """dsfd.ops picks one implementation; kernel and reference batched_nms return the same tuple shapes."""
+    import dsfd.ops
+
+    g = torch.Generator().manual_seed(3)
+    boxes, scores = random_boxes(60, batch=2, generator=g), torch.rand(2, 60, generator=g)
+    expected = "compiled" if dsfd.ops.compiled_available() else "reference"
+    assert dsfd.ops.backend() == expected
+    with dsfd.ops.use_reference():
+        assert dsfd.ops.backend() == "reference"
+        with dsfd.ops.use_reference(False):  # nested "no change" keeps the outer choice
+            assert dsfd.ops.backend() == "reference"
+        via_dispatch = dsfd.ops.batched_nms(boxes, scores, 0.3, 0.05, 40, 10, return_indices=True)
+    assert dsfd.ops.backend() == expected
+    for return_indices in (False, True):
+        out_k = ops.batched_nms(boxes, scores, 0.3, 0.05, 40, 10, return_indices=return_indices)
+        out_r = ref.batched_nms(boxes, scores, 0.3, 0.05, 40, 10, return_indices=return_indices)
+        assert len(out_k) == len(out_r) == (4 if return_indices else 3)
+        for a, b in zip(out_k, out_r):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b)
+    for a, b in zip(via_dispatch, ref.batched_nms(boxes, scores, 0.3, 0.05, 40, 10, return_indices=True)):
+        torch.testing.assert_close(a, b)

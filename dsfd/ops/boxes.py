@@ -12,7 +12,16 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ..constants import (
+    BOX_VARIANCES,
+    IOU_THRESHOLD,
+    MAX_KEEP,
+    PRE_NMS_TOP_K,
+    SCORE_THRESHOLD,
+    VOTE_IOU_THRESHOLD,
+)
 from ..extension import _assert_has_ops
+from .reference import check_nms_sizes
 
 __all__ = ["box_iou", "encode_boxes", "decode_boxes", "nms", "batched_nms", "box_voting"]
 
@@ -40,7 +49,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return torch.ops.dsfd.box_iou(boxes1, boxes2)
 
 
-def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = BOX_VARIANCES) -> Tensor:
     """SSD encoding of corner boxes against ``cx, cy, w, h`` anchors.
 
     ``t_xy = (g_c - a_c) / (v0 * a_wh)``, ``t_wh = log(g_wh / a_wh) / v1``.
@@ -60,7 +69,7 @@ def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (
     return torch.ops.dsfd.encode_boxes(gt, anchors, v0, v1)
 
 
-def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = BOX_VARIANCES) -> Tensor:
     """Inverse of :func:`encode_boxes`: regression outputs to corner boxes.
 
     Args:
@@ -99,10 +108,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def batched_nms(
     boxes: Tensor,
     scores: Tensor,
-    iou_threshold: float = 0.3,
-    score_threshold: float = 0.01,
-    pre_nms_top_k: int = 5000,
-    max_keep: int = 750,
+    iou_threshold: float = IOU_THRESHOLD,
+    score_threshold: float = SCORE_THRESHOLD,
+    pre_nms_top_k: int = PRE_NMS_TOP_K,
+    max_keep: int = MAX_KEEP,
     return_indices: bool = False,
 ):
     """Per-image NMS for a whole batch in one call, with fixed-size outputs.
@@ -124,8 +133,7 @@ def batched_nms(
         decreasing score order followed by zero padding.
     """
     _assert_has_ops()
-    if pre_nms_top_k < 1 or max_keep < 1:
-        raise ValueError(f"pre_nms_top_k and max_keep must be >= 1, got {pre_nms_top_k}, {max_keep}")
+    check_nms_sizes(pre_nms_top_k, max_keep)
     out_boxes, out_scores, out_idx, counts = torch.ops.dsfd.batched_nms(
         boxes, scores, float(iou_threshold), float(score_threshold), int(pre_nms_top_k), int(max_keep)
     )
@@ -134,7 +142,9 @@ def batched_nms(
     return out_boxes, out_scores, counts
 
 
-def box_voting(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, max_keep: int = 750) -> Tuple[Tensor, Tensor]:
+def box_voting(
+    boxes: Tensor, scores: Tensor, iou_threshold: float = VOTE_IOU_THRESHOLD, max_keep: int = MAX_KEEP
+) -> Tuple[Tensor, Tensor]:
     """Merges (multi-scale) detections by the released DSFD code's box voting.
 
     Repeatedly takes the highest-scoring remaining box (ties: lower index);

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..constants import BOX_VARIANCES
 from ..extension import _assert_has_ops
 from .boxes import _check_variances
 
@@ -19,7 +20,7 @@ def match_anchors(
     gt_counts: Tensor,
     iou_threshold: float = 0.4,
     ignore_threshold: Optional[float] = None,
-    variances: Tuple[float, float] = (0.1, 0.2),
+    variances: Tuple[float, float] = BOX_VARIANCES,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Assigns ground truth to anchors for a whole batch, fused with encoding.
 

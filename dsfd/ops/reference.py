@@ -19,6 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..constants import (
+    BOX_VARIANCES,
+    IOU_THRESHOLD,
+    MAX_KEEP,
+    PRE_NMS_TOP_K,
+    SCORE_THRESHOLD,
+    VOTE_IOU_THRESHOLD,
+)
+
 __all__ = [
     "box_iou",
     "encode_boxes",
@@ -60,7 +69,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return iou.to(boxes1.dtype)
 
 
-def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = BOX_VARIANCES) -> Tensor:
     """SSD encoding of corner boxes ``gt`` against ``cx,cy,w,h`` anchors (broadcasting).
 
     Anchors are used in ``gt``'s math precision (float32 for half inputs).
@@ -74,7 +83,7 @@ def encode_boxes(gt: Tensor, anchors: Tensor, variances: Tuple[float, float] = (
     return torch.cat([t_xy, t_wh], -1).to(gt.dtype)
 
 
-def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)) -> Tensor:
+def decode_boxes(deltas: Tensor, anchors: Tensor, variances: Tuple[float, float] = BOX_VARIANCES) -> Tensor:
     """Inverse of :func:`encode_boxes`: ``deltas[..., A, 4]`` and ``anchors[A, 4]`` -> corner boxes.
 
     As in the released DSFD code: ``x1 = c - w / 2`` and then ``x2 = x1 + w``.
@@ -109,22 +118,31 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
+def check_nms_sizes(pre_nms_top_k: int, max_keep: int) -> None:
+    """``ValueError`` unless both sizes are at least 1 (the kernel wrapper checks the same)."""
+    if pre_nms_top_k < 1 or max_keep < 1:
+        raise ValueError(f"pre_nms_top_k and max_keep must be >= 1, got {pre_nms_top_k}, {max_keep}")
+
+
 def batched_nms(
     boxes: Tensor,
     scores: Tensor,
-    iou_threshold: float = 0.3,
-    score_threshold: float = 0.01,
-    pre_nms_top_k: int = 5000,
-    max_keep: int = 750,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    iou_threshold: float = IOU_THRESHOLD,
+    score_threshold: float = SCORE_THRESHOLD,
+    pre_nms_top_k: int = PRE_NMS_TOP_K,
+    max_keep: int = MAX_KEEP,
+    return_indices: bool = False,
+):
     """Per-image NMS of ``boxes[B,N,4]`` / ``scores[B,N]``.
 
     Per image: keep ``score > score_threshold`` (NaN scores never pass), take
     the ``pre_nms_top_k`` best (ties: lower index first), greedy NMS at
     ``iou_threshold``, keep at most ``max_keep``. Returns padded
-    ``(boxes[B,max_keep,4], scores[B,max_keep], indices[B,max_keep], counts[B])``;
-    padding is 0 for boxes and scores and -1 for indices.
+    ``(boxes[B,max_keep,4], scores[B,max_keep], counts[B])``, plus
+    ``indices[B,max_keep]`` with ``return_indices=True`` (the kernel's
+    contract); padding is 0 for boxes and scores and -1 for indices.
     """
+    check_nms_sizes(pre_nms_top_k, max_keep)
     B, N = scores.shape
     out_boxes = boxes.new_zeros(B, max_keep, 4)
     out_scores = scores.new_zeros(B, max_keep)
@@ -141,7 +159,9 @@ def batched_nms(
         out_boxes[b, :k] = boxes[b, keep]
         out_scores[b, :k] = scores[b, keep]
         out_idx[b, :k] = keep
-    return out_boxes, out_scores, out_idx, counts
+    if return_indices:
+        return out_boxes, out_scores, counts, out_idx
+    return out_boxes, out_scores, counts
 
 
 def match_anchors(
@@ -150,7 +170,7 @@ def match_anchors(
     gt_counts: Tensor,
     iou_threshold: float = 0.4,
     ignore_threshold: Optional[float] = None,
-    variances: Tuple[float, float] = (0.1, 0.2),
+    variances: Tuple[float, float] = BOX_VARIANCES,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """SSD/DSFD anchor assignment, fused with encoding.
 
@@ -236,7 +256,7 @@ def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, re
 
 
 def box_voting(
-    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, max_keep: int = 750
+    boxes: Tensor, scores: Tensor, iou_threshold: float = VOTE_IOU_THRESHOLD, max_keep: int = MAX_KEEP
 ) -> Tuple[Tensor, Tensor]:
     """The released WIDER test code's box voting (``bbox_vote``), in pixels.
 
