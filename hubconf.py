@@ -34,12 +34,12 @@ def dsfd(weights="default", pretrained=True, network=None, backbone=None, **kwar
         **kwargs: further ``dsfd.Detector`` options (``device``, ``dtype``,
             ``score_threshold``, ``input_size``, ...).
     """
-    from dsfd.inference import Detector, calibrate_random_model
+    from dsfd.inference import Detector
 
     if not pretrained:
-        from dsfd.models import build_model
+        from dsfd.models import RANDOM_BACKBONE, RANDOM_NETWORK, build_model, calibrate_random_model
 
-        model = calibrate_random_model(build_model(network or "paper", backbone or "resnet50"))
+        model = calibrate_random_model(build_model(network or RANDOM_NETWORK, backbone or RANDOM_BACKBONE))
         return Detector(model=model, **kwargs)
     return Detector(weights=weights, network=network, backbone=backbone, **kwargs)
 
@@ -49,8 +49,8 @@ def dsfd_model(weights="default", pretrained=True, network=None, backbone=None, 
 
     Input ``float32 [B, 3, H, W]``: BGR, 0-255, minus ``(104, 117, 123)``
     (``dsfd.models.preprocess``); the output holds the raw ``loc``, ``conf``
-    and ``anchors`` (``out.second`` for the paper network, ``out.face`` for
-    the released one).
+    and ``anchors`` of the test-time shot as ``model.inference_shot(out)``
+    (``out.second`` of the paper network, ``out.face`` of the released one).
 
     Args:
         weights: weights name, checkpoint path or URL (see :func:`dsfd`).
@@ -61,7 +61,9 @@ def dsfd_model(weights="default", pretrained=True, network=None, backbone=None, 
     if not pretrained:
         from dsfd.models import build_model
 
-        return build_model(network or "paper", backbone or "resnet50", **kwargs).eval()
+        from dsfd.models import RANDOM_BACKBONE, RANDOM_NETWORK
+
+        return build_model(network or RANDOM_NETWORK, backbone or RANDOM_BACKBONE, **kwargs).eval()
     from dsfd.models import load_weights
 
     return load_weights(weights, network=network, backbone=backbone, **kwargs).eval()

@@ -20,7 +20,8 @@ import cv2  # noqa: E402
 import dsfd  # noqa: E402
 from dsfd.data_paths import wider_root  # noqa: E402
 from dsfd.export import OnnxDetector, export_onnx, match_detections, onnx_metadata  # noqa: E402
-from dsfd.inference import Detector, calibrate_random_model  # noqa: E402
+from dsfd.inference import Detector  # noqa: E402
+from dsfd.models import calibrate_random_model  # noqa: E402
 from dsfd.models import build_model, fem, load_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,13 +168,14 @@ def test_boxes_match_pytorch_decoding(name, models, exported):
         assert _rel(boxes, rboxes) < RTOL and _rel(scores, rscores) < RTOL
 
 
-def _torchvision_postprocess(boxes, scores, size, score_threshold=0.01, nms_threshold=0.3, top_k=5000, keep=750):
+def _torchvision_postprocess(boxes, scores, size, score_threshold=0.01, iou_threshold=0.3, pre_nms_top_k=5000,
+                            max_keep=750):
     """The PyTorch side: the detector's post-processing with torchvision.ops.nms, one image."""
     torchvision = pytest.importorskip("torchvision")
     b, s = torch.from_numpy(boxes), torch.from_numpy(scores)
-    order = torch.sort(s, descending=True, stable=True).indices[:top_k]
+    order = torch.sort(s, descending=True, stable=True).indices[:pre_nms_top_k]
     order = order[s[order] > score_threshold]
-    keep_idx = order[torchvision.ops.nms(b[order], s[order], nms_threshold)][:keep]
+    keep_idx = order[torchvision.ops.nms(b[order], s[order], iou_threshold)][:max_keep]
     h, w = size
     kb = b[keep_idx].clone()
     kb[:, 0::2] = kb[:, 0::2].clamp(0, w)
@@ -244,22 +246,24 @@ def test_graph_has_only_standard_ops_and_metadata(exported):
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     meta = onnx_metadata(path)
     assert meta["config"]["network"] == "paper" and meta["outputs"]["names"] == ["detections"]
-    assert meta["input"]["channels"] == "BGR" and meta["outputs"]["nms_threshold"] == 0.3
+    assert meta["input"]["channels"] == "BGR" and meta["outputs"]["iou_threshold"] == 0.3
 
 
 def test_export_switches_the_fused_op_off_and_restores_it(models, tmp_path, monkeypatch):
-    monkeypatch.setattr(fem, "use_fused_ops", True)
+    import dsfd.ops
+
     seen = []
-    real = fem.upsample_mul_reference
+    real = dsfd.ops.reference.upsample_mul
 
     def spy(*a, **k):
-        seen.append(fem.use_fused_ops)
+        seen.append(dsfd.ops.backend())
         return real(*a, **k)
 
-    monkeypatch.setattr(fem, "upsample_mul_reference", spy)
+    monkeypatch.setattr(dsfd.ops.reference, "upsample_mul", spy)
+    before = dsfd.ops.backend()
     export_onnx(tmp_path / "m.onnx", model=models["default"], outputs="raw", sample_size=(64, 64))
-    assert seen and not any(seen)
-    assert fem.use_fused_ops is True
+    assert seen and all(b == "reference" for b in seen)
+    assert dsfd.ops.backend() == before
 
 
 def test_export_keeps_the_models_mode_and_device_dtype(tmp_path):

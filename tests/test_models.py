@@ -396,16 +396,18 @@ def test_fem_norm_keeps_the_top_down_path_alive():
 
 
 def test_upsample_mul_dispatch(monkeypatch):
+    """Both networks' top-down steps go through dsfd.ops, which use_reference() switches to plain PyTorch."""
+    import dsfd.extension
     import dsfd.ops
 
     seen = []
 
     def fake_fused(upper, lateral, align_corners=False, relu=False):
         seen.append((align_corners, relu))
-        return fem_mod.upsample_mul_reference(upper, lateral, align_corners, relu)
+        return dsfd.ops.reference.upsample_mul(upper, lateral, align_corners, relu)
 
-    monkeypatch.setattr(dsfd.ops, "upsample_mul", fake_fused)
-    monkeypatch.setattr(fem_mod._extension, "_has_ops", lambda: True)
+    monkeypatch.setattr(dsfd.ops.compiled, "upsample_mul", fake_fused)
+    monkeypatch.setattr(dsfd.extension, "_has_ops", lambda: True)
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         build_model("paper", "tiny").eval()(x)
@@ -414,8 +416,8 @@ def test_upsample_mul_dispatch(monkeypatch):
         build_model("released", "tiny").eval()(x)
         assert seen == [(True, False)] * 3
         seen.clear()
-        monkeypatch.setattr(fem_mod, "use_fused_ops", False)
-        build_model("paper", "tiny").eval()(x)
+        with dsfd.ops.use_reference():
+            build_model("paper", "tiny").eval()(x)
         assert seen == []
 
 

@@ -9,10 +9,8 @@ from .exporter import (
     OUTPUTS,
     OnnxDetector,
     export_onnx,
-    face_predictions,
     match_detections,
     onnx_metadata,
-    plain_pytorch_ops,
     traced_anchors,
     verify_onnx,
 )

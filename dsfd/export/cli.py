@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..postprocess import PostProcessConfig
+
 __all__ = ["add_parser", "run"]
 
 
@@ -50,10 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="raw: loc, conf, anchors; boxes: pixel boxes + face scores (default); "
                         "detections: after ONNX NonMaxSuppression")
     g.add_argument("--nms", action="store_true", help="shorthand for --outputs detections")
-    g.add_argument("--score-threshold", type=float, default=0.01, help="NMS: minimum score, exclusive (0.01)")
-    g.add_argument("--nms-threshold", type=float, default=0.3, help="NMS: IoU threshold (0.3)")
-    g.add_argument("--top-k", type=int, default=5000, help="NMS: best boxes per image entering NMS (5000)")
-    g.add_argument("--keep-top-k", type=int, default=750, help="NMS: boxes kept per image (750)")
+    PostProcessConfig.add_arguments(g)  # the NMS settings of --outputs detections
     g.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
     g.add_argument("--sample-size", type=int, nargs=2, default=(320, 416), metavar=("H", "W"),
                    help="tracing sample size; the file works at any size (320 416)")
@@ -81,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if args.random:
             if weights is not None:
                 return _error("--random and --weights exclude each other")
-            from ..inference.detector import calibrate_random_model
-            from ..models import build_model
+            from ..models import build_model, calibrate_random_model
 
             model = calibrate_random_model(build_model(args.network or "paper", args.backbone or "tiny")).eval()
         else:
@@ -91,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
             model = load_weights(weights or "default", network=args.network, backbone=args.backbone)
         path = export_onnx(
             args.out, model=model, input_format=args.input_format, outputs=outputs,
-            score_threshold=args.score_threshold, nms_threshold=args.nms_threshold, top_k=args.top_k,
-            keep_top_k=args.keep_top_k, opset=args.opset, sample_size=tuple(args.sample_size),
+            **PostProcessConfig.from_args(args).as_dict(), opset=args.opset, sample_size=tuple(args.sample_size),
         )
     except (ValueError, OSError, WeightsDownloadError, ImportError) as e:
         return _error(str(e))

@@ -32,32 +32,36 @@ Any ``H, W >= 1`` work, as in PyTorch (tested from 1x1 to 1000x37); the
   ``detections float32 [K, 6]`` with rows ``batch_index, x1, y1, x2, y2,
   score``, grouped by image and sorted by decreasing score within an image,
   boxes clipped to the image. Per image the same steps as
-  :class:`dsfd.Detector`: the ``top_k`` (5000) best scores enter NMS, a box
-  needs ``score > score_threshold`` (0.01), a box is suppressed by a kept box
-  with IoU ``> nms_threshold`` (0.3), at most ``keep_top_k`` (750) are kept.
+  :class:`dsfd.Detector` (:class:`dsfd.postprocess.PostProcessConfig`): the
+  ``pre_nms_top_k`` (5000) best scores enter NMS, a box needs
+  ``score > score_threshold`` (0.01), a box is suppressed by a kept box with
+  IoU ``> iou_threshold`` (0.3), at most ``max_keep`` (750) are kept.
 
 ``A = sum_k h_k * w_k`` anchors (34,125 at 640x640). Decoding clamps the size
 exponent like the detector (boxes at most 1e4 times their anchor).
 
-The fused C++ op of the FEM top-down step is switched off during export
-(:func:`plain_pytorch_ops`): the graph holds only standard ONNX operators
+The compiled ops are switched off during export
+(:func:`dsfd.ops.use_reference`): the graph holds only standard ONNX operators
 (no ``dsfd::`` custom op), so ONNX Runtime, OpenCV's DNN module and other
 runtimes need no plug-in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .. import ops
+from ..models.interface import DetectionModel
+from ..postprocess import PostProcessConfig, max_size_exponent
 
 __all__ = [
     "export_onnx",
@@ -65,8 +69,6 @@ __all__ = [
     "verify_onnx",
     "match_detections",
     "OnnxDetector",
-    "plain_pytorch_ops",
-    "face_predictions",
     "traced_anchors",
     "INPUT_FORMATS",
     "OUTPUTS",
@@ -77,67 +79,11 @@ INPUT_FORMATS: Tuple[str, ...] = ("uint8", "float")
 OUTPUTS: Tuple[str, ...] = ("raw", "boxes", "detections")
 #: ONNX opset of the exported graphs (ONNX Runtime runs opset 17 since 1.12).
 DEFAULT_OPSET: int = 17
-_BGR_MEAN = (104.0, 117.0, 123.0)
-#: The detector's clamp of the decoded size exponent ``0.2 * t_wh`` (boxes up to 1e4 x their anchor).
-_MAX_LOG_SIZE: float = math.log(1e4) / 0.2
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 # --------------------------------------------------------------------------- plain ops
-
-
-@contextlib.contextmanager
-def plain_pytorch_ops() -> Iterator[None]:
-    """Run the FEM's top-down step through the plain-PyTorch reference (no ``dsfd::`` op) inside the block."""
-    from ..models import fem
-
-    old = fem.use_fused_ops
-    fem.use_fused_ops = False
-    try:
-        yield
-    finally:
-        fem.use_fused_ops = old
-
-
-def _network(model: nn.Module) -> str:
-    from ..models.dsfd import DSFD
-    from ..models.released import ReleasedDSFD
-
-    if isinstance(model, DSFD):
-        return "paper"
-    if isinstance(model, ReleasedDSFD):
-        return "released"
-    raise TypeError(f"cannot export a {type(model).__name__}: expected a DSFD or ReleasedDSFD model")
-
-
-def face_predictions(model: nn.Module, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
-    """Face ``loc [B, A, 4]``, ``conf [B, A, 2]`` and the six feature maps of a network in eval mode.
-
-    The same computation as the model's eval-mode ``forward`` (second shot of
-    the paper network, face branch of the released one) but without the
-    Python-side anchor generation, so that a trace keeps the sizes dynamic.
-    ``x`` is the normalised ``[B, 3, H, W]`` input.
-    """
-    if _network(model) == "paper":
-        feats = model.backbone(x)
-        enhanced = model._norm(model.enhanced_norms, model.fem(feats))
-        loc, conf = model.second_shot_head(enhanced)
-        return loc, conf, list(feats)
-    from ..models.heads import max_in_out
-
-    feats = model.enhance(model.extract_features(x))
-    B = x.shape[0]
-    loc = torch.cat([model.loc[k](f).permute(0, 2, 3, 1)[..., 0:4].reshape(B, -1, 4) for k, f in enumerate(feats)], 1)
-    conf = torch.cat(
-        [max_in_out(model.conf[k](f), k).permute(0, 2, 3, 1)[..., 0:2].reshape(B, -1, 2) for k, f in enumerate(feats)],
-        1,
-    )
-    return loc, conf, list(feats)
-
-
-def _anchor_generator(model: nn.Module) -> nn.Module:
-    return model.second_shot_anchors if _network(model) == "paper" else model.face_anchors
 
 
 def _as_f64(v: float) -> Tensor:
@@ -209,15 +155,11 @@ class _NonMaxSuppression(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, boxes: Tensor, scores: Tensor, max_output: int, iou_threshold: float,
                 score_threshold: float) -> Tensor:
-        from .. import ops
-        from ..extension import _has_ops
-
-        nms = ops.nms if _has_ops() else ops.reference.nms
         rows = []
         for b in range(boxes.shape[0]):
             s = scores[b, 0]
             cand = torch.nonzero(s > score_threshold).flatten()
-            keep = cand[nms(boxes[b, cand].contiguous(), s[cand].contiguous(), iou_threshold)][:max_output]
+            keep = cand[ops.nms(boxes[b, cand].contiguous(), s[cand].contiguous(), iou_threshold)][:max_output]
             sel = torch.zeros(keep.numel(), 3, dtype=torch.int64)
             sel[:, 0] = b
             sel[:, 2] = keep
@@ -248,7 +190,7 @@ class OnnxDetector(nn.Module):
         model: a paper or released DSFD (put in eval mode; a float32 CPU model for export).
         input_format: ``"uint8"`` (``[B, H, W, 3]``) or ``"float"`` (``[B, 3, H, W]``), BGR 0-255.
         outputs: ``"raw"``, ``"boxes"`` or ``"detections"``.
-        score_threshold, nms_threshold, top_k, keep_top_k: the NMS settings of ``"detections"``.
+        postprocess: the NMS settings of ``"detections"``.
 
     ``forward(images)`` returns a tuple of tensors (names in :attr:`output_names`).
     It also runs eagerly, so it can be compared with the exported graph.
@@ -259,29 +201,23 @@ class OnnxDetector(nn.Module):
         model: nn.Module,
         input_format: str = "uint8",
         outputs: str = "boxes",
-        score_threshold: float = 0.01,
-        nms_threshold: float = 0.3,
-        top_k: int = 5000,
-        keep_top_k: int = 750,
+        postprocess: PostProcessConfig = PostProcessConfig(),
     ) -> None:
         super().__init__()
         if input_format not in INPUT_FORMATS:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
         if outputs not in OUTPUTS:
             raise ValueError(f"outputs must be one of {OUTPUTS}, got {outputs!r}")
-        from ..inference.detector import check_postprocess_args
-
-        check_postprocess_args(score_threshold, nms_threshold, top_k, keep_top_k)
-        self.network = _network(model)
+        if not isinstance(model, DetectionModel):
+            raise TypeError(f"cannot export a {type(model).__name__}: expected a DSFD network (dsfd.models.DetectionModel)")
+        self.network = model.network
         self.model = model.eval()
         self.input_format = input_format
         self.outputs = outputs
-        self.score_threshold = float(score_threshold)
-        self.nms_threshold = float(nms_threshold)
-        self.top_k = int(top_k)
-        self.keep_top_k = int(keep_top_k)
-        self.variances = tuple(getattr(model, "variances", (0.1, 0.2)))
-        self.register_buffer("mean", torch.tensor(_BGR_MEAN, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.postprocess = postprocess
+        self.variances = tuple(model.variances)
+        self.register_buffer("mean", torch.tensor(model.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
 
     @property
     def input_names(self) -> List[str]:
@@ -320,21 +256,21 @@ class OnnxDetector(nn.Module):
         scores = torch.softmax(conf, dim=-1)[..., 1]
         a = anchors.unsqueeze(0)
         c = a[..., :2] + loc[..., :2] * v0 * a[..., 2:]
-        wh = a[..., 2:] * torch.exp(loc[..., 2:].clamp(max=_MAX_LOG_SIZE) * v1)
+        wh = a[..., 2:] * torch.exp(loc[..., 2:].clamp(max=max_size_exponent(self.variances)) * v1)
         xy1 = c - wh / 2
         boxes = torch.cat([xy1, xy1 + wh], -1)
         return boxes * size, scores
 
     def detections(self, boxes: Tensor, scores: Tensor, size: Tensor) -> Tensor:
         """Top-k, ``NonMaxSuppression``, clip to ``[0, size]``: ``[K, 6]`` rows ``batch, x1, y1, x2, y2, score``."""
-        k = self.top_k
+        k, pp = self.postprocess.pre_nms_top_k, self.postprocess
         # k padding entries below any threshold: TopK always gets at least k candidates (any A)
         scores = torch.cat([scores, torch.full_like(scores[:, :1], -1.0).expand(-1, k)], 1)
         boxes = torch.cat([boxes, torch.zeros_like(boxes[:, :1]).expand(-1, k, -1)], 1)
         top_scores, top_idx = scores.topk(k, dim=1)
         top_boxes = boxes.gather(1, top_idx.unsqueeze(-1).expand(-1, -1, 4))
         sel = _NonMaxSuppression.apply(
-            top_boxes, top_scores.unsqueeze(1), self.keep_top_k, self.nms_threshold, self.score_threshold
+            top_boxes, top_scores.unsqueeze(1), pp.max_keep, pp.iou_threshold, pp.score_threshold
         )
         flat = sel[:, 0] * k + sel[:, 2]
         det_boxes = top_boxes.reshape(-1, 4).index_select(0, flat)
@@ -348,8 +284,8 @@ class OnnxDetector(nn.Module):
 
     def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         x = self.normalise(images)
-        loc, conf, feats = face_predictions(self.model, x)
-        anchors = traced_anchors(_anchor_generator(self.model), x, feats)
+        loc, conf, feats = self.model.inference_predictions(x)
+        anchors = traced_anchors(self.model.inference_anchors, x, feats)
         loc, conf = loc.to(torch.float32), conf.to(torch.float32)
         if self.outputs == "raw":
             return loc, conf, anchors
@@ -387,10 +323,10 @@ def export_onnx(
     model: Optional[Any] = None,
     input_format: str = "uint8",
     outputs: str = "boxes",
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.3,
-    top_k: int = 5000,
-    keep_top_k: int = 750,
+    score_threshold: float = PostProcessConfig.score_threshold,
+    iou_threshold: float = PostProcessConfig.iou_threshold,
+    pre_nms_top_k: int = PostProcessConfig.pre_nms_top_k,
+    max_keep: int = PostProcessConfig.max_keep,
     opset: int = DEFAULT_OPSET,
     sample_size: Sequence[int] = (320, 416),
     check: bool = True,
@@ -408,7 +344,7 @@ def export_onnx(
             (``[B, 3, H, W]``), BGR 0-255 either way.
         outputs: ``"raw"``, ``"boxes"`` (default) or ``"detections"`` (with
             ONNX ``NonMaxSuppression``), see the module docstring.
-        score_threshold, nms_threshold, top_k, keep_top_k: NMS settings of
+        score_threshold, iou_threshold, pre_nms_top_k, max_keep: NMS settings of
             ``"detections"`` (the detector's defaults 0.01, 0.3, 5000, 750).
         opset: ONNX opset (17).
         sample_size: ``(H, W)`` of the tracing sample; the graph works for
@@ -425,7 +361,8 @@ def export_onnx(
     if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
         net = copy.deepcopy(net).to("cpu", torch.float32)  # the file is float32 whatever the model's device
     was_training = net.training
-    wrapper = OnnxDetector(net, input_format, outputs, score_threshold, nms_threshold, top_k, keep_top_k)
+    wrapper = OnnxDetector(net, input_format, outputs,
+                           PostProcessConfig(score_threshold, iou_threshold, pre_nms_top_k, max_keep))
     h, w = (int(v) for v in sample_size)
     if input_format == "uint8":
         sample = torch.full((1, h, w, 3), 128, dtype=torch.uint8)
@@ -434,7 +371,7 @@ def export_onnx(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with plain_pytorch_ops(), torch.no_grad(), warnings.catch_warnings():
+        with ops.use_reference(), torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
             # expected: the float64 constants of the anchors (torch.tensor), static channel counts
@@ -459,11 +396,10 @@ def export_onnx(
         "dsfd_input": json.dumps(
             {"name": "images", "format": input_format, "layout": "BHWC" if input_format == "uint8" else "BCHW",
              "dtype": "uint8" if input_format == "uint8" else "float32", "channels": "BGR", "range": "0-255",
-             "mean_subtracted_in_graph": list(_BGR_MEAN)}
+             "mean_subtracted_in_graph": list(net.pixel_mean)}
         ),
         "dsfd_outputs": json.dumps(
-            {"kind": outputs, "names": wrapper.output_names, "score_threshold": wrapper.score_threshold,
-             "nms_threshold": wrapper.nms_threshold, "top_k": wrapper.top_k, "keep_top_k": wrapper.keep_top_k}
+            {"kind": outputs, "names": wrapper.output_names, **wrapper.postprocess.as_dict()}
         ),
     }
     _finish(out, meta, check)
@@ -558,7 +494,7 @@ def verify_onnx(
     import numpy as np
     import onnxruntime as ort
 
-    from ..inference.io import read_image
+    from ..io import read_image
 
     meta = onnx_metadata(path)
     inp, outs = meta["input"], meta["outputs"]
@@ -571,8 +507,9 @@ def verify_onnx(
     if param is not None and (param.device.type != "cpu" or param.dtype != torch.float32):
         model = copy.deepcopy(model).to("cpu", torch.float32)
     was_training = model.training
-    wrapper = OnnxDetector(model, inp["format"], outs["kind"], outs["score_threshold"], outs["nms_threshold"],
-                           outs["top_k"], outs["keep_top_k"])
+    postprocess = PostProcessConfig(outs["score_threshold"], outs["iou_threshold"], outs["pre_nms_top_k"],
+                                    outs["max_keep"])
+    wrapper = OnnxDetector(model, inp["format"], outs["kind"], postprocess)
     try:
         with torch.no_grad():
             ref = [t.numpy() for t in wrapper(torch.from_numpy(x))]

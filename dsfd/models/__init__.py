@@ -2,6 +2,10 @@
 
 * :func:`build_model` / :func:`dsfd_paper` / :func:`dsfd_released` build every variant;
 * :func:`load_weights` builds the right model for a checkpoint and loads it;
+* :class:`DetectionModel` (:mod:`.interface`) is what both networks offer the
+  layers above (test-time shot, its anchors, ``pixel_mean``, ``variances``);
+* :func:`calibrate_random_model` and :func:`default_or_random_model` give a
+  usable model without trained weights;
 * :mod:`.anchors`, :mod:`.backbones`, :mod:`.fem`, :mod:`.heads` hold the parts.
 """
 
@@ -26,17 +30,32 @@ from .backbones import (
     build_backbone,
     load_imagenet_weights,
 )
+from .calibration import calibrate_random_model, dead_leaves_image
+from .checkpoint_reader import CheckpointError, read_checkpoint
+from .default_model import (
+    RANDOM_BACKBONE,
+    RANDOM_NETWORK,
+    RandomWeightsWarning,
+    default_or_random_model,
+    default_weights_path,
+)
 from .dsfd import BGR_MEAN, DSFD, NETWORKS, DSFDOutput, build_model, dsfd_paper, preprocess
-from .fem import ContextFEM, FeatureEnhanceModule, FEMBranches, upsample_mul
+from .interface import DetectionModel, PaperDSFDInterface
+from ..ops import upsample_mul
+from .fem import ContextFEM, FeatureEnhanceModule, FEMBranches
 from .heads import DeepHead, DSFDHead, ShotOutput, decode_predictions, max_in_out
 from .released import ReleasedDSFD, ReleasedOutput, dsfd_released
 from .weights import (
-    CheckpointError,
     convert_dualshot_reference_state_dict,
     identify_checkpoint,
     load_state_dict_checked,
     load_weights,
 )
+
+# Hand-over (issue #16): dsfd.py is to declare ``class DSFD(PaperDSFDInterface, nn.Module)``;
+# until it does, the paper network takes its test-time interface here.
+if not issubclass(DSFD, PaperDSFDInterface):
+    DSFD.__bases__ = (PaperDSFDInterface,) + DSFD.__bases__
 
 __all__ = [
     "build_model",
@@ -47,6 +66,16 @@ __all__ = [
     "identify_checkpoint",
     "convert_dualshot_reference_state_dict",
     "CheckpointError",
+    "read_checkpoint",
+    "DetectionModel",
+    "PaperDSFDInterface",
+    "calibrate_random_model",
+    "dead_leaves_image",
+    "default_or_random_model",
+    "default_weights_path",
+    "RandomWeightsWarning",
+    "RANDOM_NETWORK",
+    "RANDOM_BACKBONE",
     "DSFD",
     "DSFDOutput",
     "ReleasedDSFD",

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint_reader import read_checkpoint
+
 __all__ = [
     "L2Norm",
     "VGG16Backbone",
@@ -494,8 +496,6 @@ def load_imagenet_weights(backbone: nn.Module, path: PathLike) -> List[str]:
     The extras stay freshly initialised. No network access is ever made.
     Returns the list of backbone keys that were loaded.
     """
-    from .weights import read_checkpoint  # local import: weights.py imports this module
-
     sd, _ = read_checkpoint(path)
     own = backbone.state_dict()
     mapped: Dict[str, Tensor] = {}

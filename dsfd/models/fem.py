@@ -8,9 +8,8 @@
   ``concat(a, b, c)`` from a depth-1/2/3 branch structure with dilation 1/2.
 
 Every top-down "upsample bilinearly to the lower map's size and multiply"
-step goes through :func:`upsample_mul`, which calls the fused C++/CUDA op
-``dsfd.ops.upsample_mul`` when the extension is loaded and the module flag
-:data:`use_fused_ops` is true, and the plain-PyTorch reference otherwise.
+step is :func:`dsfd.ops.upsample_mul` (the fused C++/CUDA kernel, or the
+plain-PyTorch reference where :mod:`dsfd.ops` decides so).
 
 Branch fusion: convolutions that read the same input with the same 3x3
 kernel shape run as *one* convolution with concatenated weights in eval mode
@@ -29,39 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import extension as _extension
-from ..ops.reference import upsample_mul as upsample_mul_reference
+from .. import ops
 
 __all__ = [
-    "use_fused_ops",
-    "upsample_mul",
     "fuse_conv_weights",
     "FEMBranches",
     "FeatureEnhanceModule",
     "ContextFEM",
 ]
-
-#: Use ``dsfd.ops.upsample_mul`` (fused kernel) when the extension is available.
-use_fused_ops: bool = True
-
-
-def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:
-    """``bilinear_up(upper, lateral's H x W) * lateral`` (then ReLU): the FEM top-down step.
-
-    Dispatches to the fused op when ``dsfd.extension._has_ops()`` and
-    :data:`use_fused_ops`; otherwise to :func:`dsfd.ops.reference.upsample_mul`.
-
-    Args:
-        upper: ``Tensor[B, C, h, w]`` (already projected to ``C`` channels).
-        lateral: ``Tensor[B, C, H, W]``.
-        align_corners: bilinear convention (released weights: ``True``; paper: ``False``).
-        relu: ReLU on the product.
-    """
-    if use_fused_ops and _extension._has_ops():
-        from ..ops import upsample_mul as fused_upsample_mul
-
-        return fused_upsample_mul(upper, lateral, align_corners=align_corners, relu=relu)
-    return upsample_mul_reference(upper, lateral, align_corners=align_corners, relu=relu)
 
 
 # --------------------------------------------------------------------------- oneDNN workaround
@@ -312,7 +286,7 @@ class FeatureEnhanceModule(nn.Module):
     ``top_down[l]`` is a 1x1 conv from level ``l+1``'s channels to level
     ``l``'s, ``lateral[l]`` a 1x1 conv on level ``l``'s original map; ``up``
     is bilinear to the exact lateral size, so any input size works. Each
-    ``up * lateral`` (+ReLU) goes through :func:`upsample_mul`.
+    ``up * lateral`` (+ReLU) goes through :func:`dsfd.ops.upsample_mul`.
 
     Args:
         in_channels: channels of the source maps (the output has the same).
@@ -424,7 +398,7 @@ class FeatureEnhanceModule(nn.Module):
         t[n - 1] = F.relu(self._top_down(n - 1, features[n - 1]))
         for l in range(n - 2, -1, -1):
             upper = F.relu(self._top_down(l, t[l + 1]))
-            t[l] = upsample_mul(upper, self._lateral(l, features[l]), align_corners=self.align_corners, relu=True)
+            t[l] = ops.upsample_mul(upper, self._lateral(l, features[l]), align_corners=self.align_corners, relu=True)
         return t
 
     def forward(self, features: Sequence[Tensor]) -> List[Tensor]:

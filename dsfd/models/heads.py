@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.reference import decode_boxes
+from .. import ops
+from ..constants import BOX_VARIANCES
 
 __all__ = [
     "ShotOutput",
@@ -132,7 +133,7 @@ def max_in_out(conf: Tensor, level: int) -> Tensor:
 
 
 def decode_predictions(
-    loc: Tensor, conf: Tensor, anchors: Tensor, variances: Tuple[float, float] = (0.1, 0.2)
+    loc: Tensor, conf: Tensor, anchors: Tensor, variances: Tuple[float, float] = BOX_VARIANCES
 ) -> Tuple[Tensor, Tensor]:
     """Face probabilities and decoded boxes.
 
@@ -146,5 +147,5 @@ def decode_predictions(
         (``x1, y1, x2, y2`` normalised by the input width / height).
     """
     scores = torch.softmax(conf.float(), dim=-1)[..., 1]
-    boxes = decode_boxes(loc.float(), anchors.to(loc.device, torch.float32), variances)
+    boxes = ops.decode_boxes(loc.float(), anchors.to(loc.device, torch.float32).contiguous(), variances)
     return scores, boxes

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
+from ..constants import BOX_VARIANCES
 from .anchors import ASPECT_RATIO, SECOND_SHOT_SIZES, STEPS, AnchorGenerator
 from .backbones import (
     L2Norm,
@@ -42,8 +44,9 @@ from .backbones import (
     load_imagenet_weights,
     scaled,
 )
-from .fem import ContextFEM, upsample_mul
+from .fem import ContextFEM
 from .heads import DeepHead, ShotOutput, decode_predictions, max_in_out
+from .interface import DetectionModel
 
 __all__ = ["ReleasedDSFD", "ReleasedOutput", "dsfd_released", "RELEASED_BACKBONES"]
 
@@ -69,7 +72,7 @@ class ReleasedOutput(NamedTuple):
     body: Optional[ShotOutput]
 
 
-class ReleasedDSFD(nn.Module):
+class ReleasedDSFD(DetectionModel, nn.Module):
     """The authors' released single-shot DSFD (ResNet152 or VGG16 backbone).
 
     Paper: https://arxiv.org/abs/1810.10220 (the released code differs from
@@ -106,7 +109,7 @@ class ReleasedDSFD(nn.Module):
         self.backbone_name = name
         self.width_mult = wm
         self.is_vgg = name == "vgg16"
-        self.variances = (0.1, 0.2)
+        self.variances = BOX_VARIANCES
 
         if self.is_vgg:
             bb = VGG16Backbone(conv6_dilation=1, width_mult=wm)
@@ -226,14 +229,46 @@ class ReleasedDSFD(nn.Module):
     def enhance(self, sources: List[Tensor]) -> List[Tensor]:
         """The whole released "FEM" block: 3-level fusion, (VGG) L2Norm, context modules."""
         c3, c4, c5, fc7, c6, c7 = sources
-        lfpn3 = upsample_mul(self.latlayer3(fc7), self.smooth3(c5), align_corners=True)
-        lfpn2 = upsample_mul(self.latlayer2(lfpn3), self.smooth2(c4), align_corners=True)
-        lfpn1 = upsample_mul(self.latlayer1(lfpn2), self.smooth1(c3), align_corners=True)
+        lfpn3 = ops.upsample_mul(self.latlayer3(fc7), self.smooth3(c5), align_corners=True)
+        lfpn2 = ops.upsample_mul(self.latlayer2(lfpn3), self.smooth2(c4), align_corners=True)
+        lfpn1 = ops.upsample_mul(self.latlayer1(lfpn2), self.smooth1(c3), align_corners=True)
         c3, c4, c5 = lfpn1, lfpn2, lfpn3
         if self.is_vgg:
             c3, c4, c5 = self.L2Norm_3_3(c3), self.L2Norm_4_3(c4), self.L2Norm_5_3(c5)
         maps = [c3, c4, c5, fc7, c6, c7]
         return [getattr(self, n)(m) for n, m in zip(_CPM_NAMES, maps)]
+
+    # ------------------------------------------------------------------ test-time interface
+
+    network = "released"
+
+    @property
+    def inference_anchors(self) -> AnchorGenerator:
+        return self.face_anchors
+
+    def inference_shot(self, output: ReleasedOutput) -> ShotOutput:
+        return output.face
+
+    def inference_predictions(self, x: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        feats = self.enhance(self.extract_features(x))
+        B = x.shape[0]
+        loc = torch.cat([self.loc[k](f).permute(0, 2, 3, 1)[..., 0:4].reshape(B, -1, 4) for k, f in enumerate(feats)], 1)
+        conf = torch.cat(
+            [max_in_out(self.conf[k](f), k).permute(0, 2, 3, 1)[..., 0:2].reshape(B, -1, 2) for k, f in enumerate(feats)],
+            1,
+        )
+        return loc, conf, list(feats)
+
+    def inference_head_convs(self) -> Tuple[List[nn.Conv2d], List[nn.Conv2d]]:
+        return [m.conv4 for m in self.loc], [m.conv4 for m in self.conf]
+
+    def background_logit_mask(self, level: int) -> Tensor:
+        mask = torch.zeros(self.conf[level].conv4.out_channels, dtype=torch.bool)
+        if level == 0:
+            mask[:3] = True  # max-in-out: background = max(c0, c1, c2), face = c3
+        else:
+            mask[3] = True  # background = c3, face = max(c0, c1, c2)
+        return mask
 
     # ------------------------------------------------------------------ forward
 
