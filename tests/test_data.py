@@ -18,11 +18,10 @@ from dsfd.data import (
     collate_detection,
     parse_wider_annotations,
     photometric_distort,
-    read_image_bgr8,
     sample_rng,
-    to_bgr8,
 )
 from dsfd.data_paths import wider_root
+from dsfd.io import ImageError, read_image, to_bgr_uint8
 
 WIDER = wider_root()
 HAVE_WIDER = (WIDER / "wider_face_split" / "wider_face_train_bbx_gt.txt").is_file()
@@ -128,17 +127,20 @@ def test_parse_filters_and_counts(tmp_path):
     assert anns[0].boxes.dtype == np.float32
 
 
-def test_to_bgr8_conversion_rules():
+def test_training_images_follow_the_one_conversion_rule_set():
+    """The data set reads through dsfd.io: the same conversions (and rejections) as inference."""
     gray = np.array([[0, 128, 255]], dtype=np.uint8)
-    out = to_bgr8(gray)
+    out = to_bgr_uint8(gray)
     assert out.shape == (1, 3, 3) and out.dtype == np.uint8 and (out == gray[..., None]).all()
     g16 = np.array([[0, 257, 65535, 128]], dtype=np.uint16)
-    assert to_bgr8(g16)[0, :, 0].tolist() == [0, 1, 255, 0]
+    assert to_bgr_uint8(g16)[0, :, 0].tolist() == [0, 1, 255, 0]
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[..., 0], bgra[..., 3] = 200, 7
-    assert (to_bgr8(bgra)[..., 0] == 200).all() and to_bgr8(bgra).shape == (2, 2, 3)
-    f = np.array([[[0.0, 0.5, 2.0]]], dtype=np.float32)
-    assert to_bgr8(f).tolist() == [[[0, 128, 255]]]
+    assert (to_bgr_uint8(bgra)[..., 0] == 200).all() and to_bgr_uint8(bgra).shape == (2, 2, 3)
+    f = np.array([[[0.0, 0.5, 1.0]]], dtype=np.float32)
+    assert to_bgr_uint8(f).tolist() == [[[0, 128, 255]]]
+    with pytest.raises(ImageError, match=r"must lie in \[0, 1\]"):  # no silent clipping of out-of-range floats
+        to_bgr_uint8(np.array([[[0.0, 0.5, 2.0]]], dtype=np.float32))
 
 
 def test_dataset_bad_images_and_formats(tmp_path, caplog):
@@ -182,7 +184,8 @@ def test_dataset_bad_images_and_formats(tmp_path, caplog):
     np.testing.assert_array_equal(got[5][0], good)  # alpha dropped
     np.testing.assert_array_equal(got[7][0], good)  # 16-bit -> 8-bit
     assert ds.stats["outside"] == 4  # one per loaded image (good, gray, rgba, deep)
-    assert read_image_bgr8(d / "missing.jpg")[0] is None
+    with pytest.raises(ImageError, match="not found"):
+        read_image(d / "missing.jpg")
 
 
 def test_dataset_missing_root(tmp_path):

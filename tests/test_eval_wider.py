@@ -19,13 +19,10 @@ from dsfd.evaluation.wider import (
     evaluate_wider,
     load_wider_ground_truth,
     normalize_scores,
-    read_prediction_dir,
-    read_prediction_file,
     save_wider_ground_truth,
     voc_ap,
-    write_prediction_dir,
-    write_prediction_file,
 )
+from dsfd.io import read_prediction_file, read_prediction_folder, write_prediction_file, write_prediction_folder
 
 GT_DIR = wider_root() / "ground_truth"
 FIXTURES = fixtures_root()
@@ -358,9 +355,39 @@ def test_tolerant_reading_and_missing_files(tmp_path):
     assert any("unreadable box line" in w for w in res.warnings)
     # a's two faces found (precision 1), b's face missed: AP = 2/3 on easy
     assert res.ap["easy"] == pytest.approx(2 / 3)
+    preds, problems = read_prediction_folder(d)
+    assert problems and list(preds) == ["a"] and preds["a"].shape == (2, 5)
+    # every problem names its file and line
+    a_txt = d / "0--Ev" / "a.txt"
+    assert f"{a_txt}:2: line 2 says 3 boxes, 2 box lines read" in problems
+    assert f"{a_txt}:5: unreadable box line 'bad line'" in problems
+
+
+def test_malformed_files_are_reported_by_file_and_line_not_missing(tmp_path, capsys):
+    from dsfd.cli import main
+
+    gt = _hand_gt()
+    d = tmp_path / "preds"
+    (d / "0--Ev").mkdir(parents=True)
+    (d / "1--Ev").mkdir(parents=True)
+    # a: line 1 names another image (the file name decides, as in both official tools)
+    (d / "0--Ev" / "a.txt").write_text("0--Ev/b.jpg\n2\n0 0 9 9 0.9\n40 0 9 9 0.8\n")
+    # b: not a text file at all
+    (d / "1--Ev" / "b.txt").write_bytes(b"\xff\xfe\x00binary\x9c")
     with pytest.warns(UserWarning, match="problem"):
-        preds = read_prediction_dir(d)
-    assert list(preds) == ["a"] and preds["a"].shape == (2, 5)
+        res = evaluate_wider(d, gt)
+    assert res.missing == []
+    a_txt, b_txt = d / "0--Ev" / "a.txt", d / "1--Ev" / "b.txt"
+    assert any(w.startswith(f"{a_txt}:1: names image '0--Ev/b.jpg'") for w in res.warnings)
+    assert any(w.startswith(f"{b_txt}:1: cannot read as a text file") for w in res.warnings)
+    assert res.ap["easy"] == pytest.approx(2 / 3)  # a's boxes count for a, b has none
+    save_wider_ground_truth(gt, tmp_path / "gt")
+    code = main(["eval", "--predictions", str(d), "--ground-truth", str(tmp_path / "gt"), "--out",
+                 str(tmp_path / "o"), "--quiet", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"{a_txt}:1: names image" in err and f"{b_txt}:1: cannot read" in err
+    assert "have no predictions" not in err
 
 
 @needs_fixtures
@@ -374,7 +401,7 @@ def test_missing_files_in_fixture_folder(tmp_path, shared_gt):
     with pytest.warns(UserWarning, match="5 of 145 images have no predictions"):
         res = evaluate_wider(dst, shared_gt)
     assert sorted(res.missing) == sorted(f"0--Parade/{f.stem}" for f in removed)
-    full = read_prediction_dir(src)
+    full, _ = read_prediction_folder(src)
     for f in removed:
         full.pop(f.stem)
     with pytest.warns(UserWarning):
@@ -403,7 +430,7 @@ def test_prediction_dir_roundtrip(tmp_path):
     gt, preds = _random_case(5)
     # integer boxes survive the floor/ceil rounding when written as xywh without the +1
     preds = {k: np.hstack([np.round(v[:, :4]), v[:, 4:]]) for k, v in preds.items()}
-    write_prediction_dir(tmp_path, preds, gt, box_format="xywh", plus_one=False)
+    write_prediction_folder(tmp_path, preds, dict(zip(gt.names, gt.events)), box_format="xywh", plus_one=False)
     assert (tmp_path / "0--Ev" / "img0.txt").is_file()
     with pytest.warns(UserWarning, match="1 of 6"):
         a = evaluate_wider(tmp_path, gt)

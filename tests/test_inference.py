@@ -22,20 +22,10 @@ import torch
 import dsfd
 from dsfd.cli import main as cli_main
 from dsfd.data_paths import wider_root
-from dsfd.inference import (
-    Detector,
-    ImageError,
-    RandomWeightsWarning,
-    draw_detections,
-    load_detector,
-    max_test_scale,
-    read_image,
-    to_bgr_uint8,
-    wider_test_passes,
-)
-from dsfd.inference.detector import calibrate_random_model
-from dsfd.inference.multiscale import box_voting, size_filter_mask
-from dsfd.models import build_model
+from dsfd.inference import Detector, draw_detections, load_detector, max_test_scale, wider_test_passes
+from dsfd.inference.multiscale import size_filter_mask
+from dsfd.io import ImageError, read_image, to_bgr_uint8
+from dsfd.models import RandomWeightsWarning, build_model, calibrate_random_model
 from dsfd.ops import reference as ref
 
 CUDA = torch.cuda.is_available()
@@ -130,7 +120,7 @@ def test_detect_shapes_and_coordinates(detector, photos):
         d = detector.detect(img)
         _check_dets(d, *img.shape[:2])
         assert len(d) > 0
-        assert (d[:, 4] > detector.score_threshold).all()
+        assert (d[:, 4] > detector.postprocess.score_threshold).all()
         shown = detector.detect(img, min_score=0.5)
         assert (shown[:, 4] >= 0.5).all() and len(shown) == int((d[:, 4] >= 0.5).sum())
 
@@ -216,12 +206,12 @@ def test_max_size_downscales_and_maps_back(tiny_model):
 
 
 def test_no_weights_warns_and_options_validated(tiny_model, monkeypatch):
-    import dsfd.inference.detector as detector_mod
+    import dsfd.models.default_model as default_model
 
     with pytest.warns(RandomWeightsWarning, match="meaningless"):  # an architecture the default is not
         det = Detector(network="released", backbone="tiny", device="cpu")
     assert det.random_weights and det.model.config["network"] == "released"
-    monkeypatch.setattr(detector_mod, "default_weights_path", lambda: None)
+    monkeypatch.setattr(default_model, "default_weights_path", lambda: None)
     with pytest.warns(RandomWeightsWarning, match="meaningless"):  # no default file at all
         det = Detector(backbone="tiny", device="cpu")
     assert det.random_weights
@@ -250,7 +240,7 @@ def _box_iou1(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_default_model_ships_and_finds_the_face():
-    path = dsfd.inference.default_weights_path()
+    path = dsfd.models.default_weights_path()
     assert path is not None, "dsfd/weights/default.pth is missing"
     meta = json.loads(path.with_suffix(".json").read_text())
     assert path.stat().st_size <= 25 * 2**20 and meta["bytes"] == path.stat().st_size
@@ -496,14 +486,14 @@ def _cluster_boxes(n: int, seed: int) -> tuple:
 def test_box_voting_matches_reference(n):
     boxes, scores = _cluster_boxes(n, seed=n)
     rb, rs = ref.box_voting(boxes, scores, 0.3, 750)
-    vb, vs = box_voting(boxes, scores, 0.3, 750)
+    vb, vs = dsfd.ops.box_voting(boxes, scores, 0.3, 750)  # what accuracy mode calls
     assert vb.shape == rb.shape and vs.shape == rs.shape
     torch.testing.assert_close(vb, rb, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(vs, rs)
     if n == 1:
         assert vb.shape == (0, 4)  # a lone box gets no vote and is dropped
-    if hasattr(dsfd.ops, "box_voting") and dsfd.extension._has_ops():
-        cb, cs = dsfd.ops.box_voting(boxes, scores, 0.3, 750)
+    if dsfd.ops.compiled_available():
+        cb, cs = dsfd.ops.compiled.box_voting(boxes, scores, 0.3, 750)
         torch.testing.assert_close(cb, rb, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(cs, rs)
 

@@ -24,9 +24,7 @@ from .wider import (
     WiderAnnotation,
     WiderFaceDataset,
     parse_wider_annotations,
-    read_image_bgr8,
     sample_rng,
-    to_bgr8,
     worker_init_fn,
 )
 
@@ -42,8 +40,6 @@ __all__ = [
     "WiderAnnotation",
     "WiderFaceDataset",
     "parse_wider_annotations",
-    "read_image_bgr8",
     "sample_rng",
-    "to_bgr8",
     "worker_init_fn",
 ]

@@ -20,23 +20,22 @@ Box filtering (every skipped box is counted in :attr:`WiderFaceDataset.stats`):
   and dropped when nothing is left (``"outside"``; counted once per image by
   the process that loaded it).
 
-Bad images: a missing, empty, undecodable or truncated file (a JPEG whose
-entropy-coded data has no end-of-image marker after its last scan) is logged
-once, recorded in :attr:`WiderFaceDataset.bad_images` (path -> reason) and
-skipped: ``dataset[i]`` then returns the next loadable image
-``i + 1, i + 2, ...`` (wrapping around), deterministically, with the random
-stream of the *requested* index. ``meta["index"]`` tells which image was
-used. Only when no image at all can be loaded is an error raised. Bad images
-found in DataLoader workers are recorded in the workers' copies;
+Bad images: a file :func:`dsfd.io.read_image` rejects (missing, empty,
+undecodable, truncated - a JPEG without end-of-image marker after its last
+scan - or with pixels it cannot convert) is logged once, recorded in
+:attr:`WiderFaceDataset.bad_images` (path -> reason) and skipped:
+``dataset[i]`` then returns the next loadable image ``i + 1, i + 2, ...``
+(wrapping around), deterministically, with the random stream of the
+*requested* index. ``meta["index"]`` tells which image was used. Only when
+no image at all can be loaded is an error raised. Bad images found in
+DataLoader workers are recorded in the workers' copies;
 :meth:`WiderFaceDataset.verify_images` checks every file up front in the
 calling process.
 
-Pixel conversion to 8-bit BGR (:func:`to_bgr8`): grayscale is replicated to
-three channels, the alpha channel of BGRA / gray+alpha images is dropped
-(no compositing), 16-bit values are mapped with ``round(v / 257)``
-(65535 -> 255), float images are taken as ``[0, 1]`` and mapped with
-``round(clip(v, 0, 1) * 255)``. EXIF orientation is ignored: the annotations
-refer to the stored pixel grid.
+Pixels are converted to 8-bit BGR by the same rules as at inference
+(:mod:`dsfd.io.images`: gray replicated, alpha dropped, 16 bit
+``round(v / 257)``, float only in ``[0, 1]``). EXIF orientation is ignored:
+the annotations refer to the stored pixel grid.
 """
 
 from __future__ import annotations
@@ -53,13 +52,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data_paths import wider_root
+from ..io import ImageError, read_image
 
 __all__ = [
     "WiderFaceDataset",
     "WiderAnnotation",
     "parse_wider_annotations",
-    "read_image_bgr8",
-    "to_bgr8",
     "sample_rng",
     "EpochRandomSampler",
     "worker_init_fn",
@@ -156,61 +154,6 @@ def parse_wider_annotations(
         boxes = np.stack([x, y, x + w, y + h], 1)[keep].astype(np.float32).reshape(-1, 4)
         out.append(WiderAnnotation(path, boxes))
     return out, stats
-
-
-def to_bgr8(image: np.ndarray) -> np.ndarray:
-    """Any decoded image -> ``uint8 [H, W, 3]`` BGR (rules in the module docstring)."""
-    img = image
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.dtype != np.uint8:
-        if img.dtype in (np.uint16, np.int16, np.int32, np.uint32):
-            v = np.clip(img.astype(np.int64), 0, 65535)
-            img = ((v * 2 + 257) // 514).astype(np.uint8)  # round(v / 257)
-        elif np.issubdtype(img.dtype, np.floating):
-            img = np.rint(np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
-        elif img.dtype == np.int8:
-            img = np.clip(img, 0, 127).astype(np.uint8) * 2
-        else:
-            raise ValueError(f"unsupported image dtype {img.dtype}")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim != 3:
-        raise ValueError(f"unsupported image shape {image.shape}")
-    c = img.shape[2]
-    if c == 3:
-        return np.ascontiguousarray(img)
-    if c == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if c == 2:  # gray + alpha
-        return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2BGR)
-    raise ValueError(f"unsupported number of channels {c}")
-
-
-def _jpeg_truncated(buf: bytes) -> bool:
-    # Inside entropy-coded data 0xFF is always followed by 0x00 or RSTn, so an
-    # end-of-image marker (FFD9) must follow the last start-of-scan (FFDA).
-    return buf.rfind(b"\xff\xd9") < buf.rfind(b"\xff\xda")
-
-
-def read_image_bgr8(path: Union[str, os.PathLike]) -> Tuple[Optional[np.ndarray], str]:
-    """Reads an image as ``uint8`` BGR; returns ``(image, "")`` or ``(None, reason)``."""
-    try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except OSError as e:
-        return None, f"cannot read ({e.strerror or e})"
-    if not buf:
-        return None, "empty file"
-    if buf[:2] == b"\xff\xd8" and _jpeg_truncated(buf):
-        return None, "truncated JPEG (no end-of-image marker)"
-    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        return None, "cannot decode"
-    try:
-        return to_bgr8(img), ""
-    except ValueError as e:
-        return None, str(e)
 
 
 ImageTransform = Callable[..., Tuple[Any, Any]]
@@ -340,9 +283,10 @@ class WiderFaceDataset(Dataset):
         path = str(self.image_path(index))
         if path in self.bad_images:
             return None
-        img, reason = read_image_bgr8(path)
-        if img is None:
-            self._mark_bad(path, reason)
+        try:
+            img = read_image(path)
+        except ImageError as e:
+            self._mark_bad(path, str(e))
             return None
         h, w = img.shape[:2]
         b = ann.boxes.copy()

@@ -1,7 +1,7 @@
 """Evaluation: WIDER FACE (official easy/medium/hard AP) and FDDB (discrete/continuous ROC).
 
-* :mod:`dsfd.evaluation.wider` - the official WIDER FACE protocol, vectorised;
-  prediction folder reading/writing.
+* :mod:`dsfd.evaluation.wider` - the official WIDER FACE protocol, vectorised
+  (prediction files are read and written by :mod:`dsfd.io.wider_predictions`).
 * :mod:`dsfd.evaluation.fddb` - FDDB fold files, rasterised ellipse overlaps,
   bipartite matching, ROC.
 * :mod:`dsfd.evaluation.plots` - PR / ROC PNGs.
@@ -27,12 +27,8 @@ from .wider import (
     WiderResult,
     evaluate_wider,
     load_wider_ground_truth,
-    read_prediction_dir,
-    read_prediction_file,
     save_wider_ground_truth,
     voc_ap,
-    write_prediction_dir,
-    write_prediction_file,
 )
 
 __all__ = [
@@ -42,10 +38,6 @@ __all__ = [
     "evaluate_wider",
     "load_wider_ground_truth",
     "save_wider_ground_truth",
-    "read_prediction_dir",
-    "read_prediction_file",
-    "write_prediction_dir",
-    "write_prediction_file",
     "voc_ap",
     "FDDBResult",
     "evaluate_fddb",

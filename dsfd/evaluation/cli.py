@@ -21,7 +21,6 @@ detections>_eval``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -73,32 +72,23 @@ def _error(msg: str) -> int:
 
 
 def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto") -> Callable:
-    """The detector from ``dsfd.inference`` (imported only when needed).
+    """``dsfd.inference.load_detector``: a callable from a BGR ``uint8`` image to ``[K, 5]`` pixel boxes + scores.
 
-    Contract: ``dsfd.inference.load_detector(weights, accuracy_mode=bool, dtype=...)``
-    returns a callable mapping a BGR ``uint8`` image ``[H, W, 3]`` to a
-    ``[K, 5]`` array of ``x1, y1, x2, y2, score`` in pixels.
+    The one place where evaluation uses inference (only for ``--weights``),
+    imported here so that scoring needs neither torch nor OpenCV.
     """
     try:
-        inference = importlib.import_module("dsfd.inference")
+        from ..inference import load_detector
     except ImportError as e:
-        if getattr(e, "name", None) in ("dsfd.inference", None) or "dsfd.inference" in str(e):
-            raise RuntimeError(
-                "running the detector needs dsfd.inference, which is not available yet; "
-                "score an existing prediction folder with --predictions DIR instead"
-            ) from e
-        raise
-    load = getattr(inference, "load_detector", None)
-    if load is None:
-        raise RuntimeError("dsfd.inference has no load_detector(weights, accuracy_mode=...) yet")
-    return load(str(weights), accuracy_mode=accuracy_mode, dtype=dtype)
+        raise RuntimeError(f"running the detector needs dsfd.inference (torch, OpenCV), which cannot be "
+                           f"imported ({e}); score an existing prediction folder with --predictions DIR") from e
+    return load_detector(str(weights), accuracy_mode=accuracy_mode, dtype=dtype)
 
 
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
-    import cv2
     from tqdm import tqdm
 
-    from .wider import write_prediction_file
+    from ..io import ImageError, read_image, write_prediction_file
 
     detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"))
     if not args.quiet:
@@ -107,9 +97,10 @@ def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
     unreadable = []
     items = list(zip(gt.events, gt.names))
     for event, name in tqdm(items, desc="detecting", unit="img", disable=args.quiet):
-        img = cv2.imread(str(image_root / event / f"{name}.jpg"), cv2.IMREAD_COLOR)
-        if img is None:
-            unreadable.append(f"{event}/{name}")
+        try:
+            img = read_image(image_root / event / f"{name}.jpg")
+        except ImageError as e:
+            unreadable.append(str(e))
             continue
         det = detector(img)
         det = det.detach().cpu().numpy() if hasattr(det, "detach") else det
@@ -156,6 +147,8 @@ def _eval_wider(args) -> int:
         result = evaluate_wider(pred_dir, gt, iou_threshold=args.iou, progress=not args.quiet)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    for problem in result.warnings:  # <file>:<line>: <problem>, every one
+        print(f"  {problem}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.to_json(out_dir / "ap.json")
     print(result.table())
@@ -168,13 +161,15 @@ def _eval_wider(args) -> int:
 
 
 def _image_sizes(image_root: Path, names) -> dict:
-    import cv2
+    """``{name: (H, W)}`` of the images that can be read (the others are not clipped)."""
+    from ..io import ImageError, read_image
 
     sizes = {}
     for n in names:
-        img = cv2.imread(str(image_root / f"{n}.jpg"), cv2.IMREAD_UNCHANGED)
-        if img is not None:
-            sizes[n] = img.shape[:2]
+        try:
+            sizes[n] = read_image(image_root / f"{n}.jpg").shape[:2]
+        except ImageError:
+            continue
     return sizes
 
 

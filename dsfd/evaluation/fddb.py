@@ -183,7 +183,7 @@ def write_fddb_detections(
     needs the fold order; images without detections get a count of 0) or
     the mapping order.
     """
-    from .wider import wider_boxes_for_file
+    from ..io.wider_predictions import wider_boxes_for_file
 
     names = list(image_list) if image_list is not None else list(detections)
     lines: List[str] = []

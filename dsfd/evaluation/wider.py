@@ -52,7 +52,10 @@ Deliberate differences from the Python port (each one is tested):
   real detectors' outputs, including the fixtures) the results are the same.
 * **Count line.**  The port ignores the count on line 2 and reads every line
   after it (as here); here a count that disagrees with the number of box
-  lines, and unreadable lines, are reported in :attr:`WiderResult.warnings`.
+  lines, unreadable lines, a line 1 naming another image and files that are
+  not text are reported in :attr:`WiderResult.warnings` as
+  ``<file>:<line>: <problem>`` (:mod:`dsfd.io.wider_predictions`); such a
+  file still counts as that image's predictions, never as missing.
 * **No positives** in a setting (empty keep lists): the port divides by zero;
   here recall is 0 and the AP is NaN (``null`` in JSON).
 
@@ -75,6 +78,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ..io.wider_predictions import image_key, read_prediction_folder
+
 __all__ = [
     "SETTINGS",
     "NUM_THRESHOLDS",
@@ -82,11 +87,6 @@ __all__ = [
     "WiderResult",
     "load_wider_ground_truth",
     "save_wider_ground_truth",
-    "read_prediction_file",
-    "read_prediction_dir",
-    "write_prediction_file",
-    "write_prediction_dir",
-    "wider_boxes_for_file",
     "normalize_scores",
     "voc_ap",
     "evaluate_wider",
@@ -94,7 +94,6 @@ __all__ = [
 
 SETTINGS: Tuple[str, str, str] = ("easy", "medium", "hard")
 NUM_THRESHOLDS = 1000
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -248,189 +247,6 @@ def save_wider_ground_truth(gt: WiderGroundTruth, out_dir: PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------
-# prediction files
-# --------------------------------------------------------------------------
-
-
-def _image_key(name: str) -> str:
-    """``0--Parade/0_Parade_x_1.jpg`` -> ``0_Parade_x_1`` (basename without image extension)."""
-    base = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
-    low = base.lower()
-    for ext in _IMAGE_EXTS:
-        if low.endswith(ext):
-            return base[: -len(ext)]
-    return base
-
-
-def read_prediction_file(path: PathLike) -> Tuple[str, np.ndarray, List[str]]:
-    """Read one prediction file of the official format.
-
-    Line 1: image name (any path prefix / ``.jpg`` is dropped; if empty, the
-    file name is used); line 2: number of boxes; then ``x y w h score`` lines
-    (extra columns are ignored).  Blank lines are skipped.  Returns
-    ``(image_name, boxes [K, 5] float64, problems)`` where ``problems`` lists
-    what did not conform (count mismatch, unreadable lines).
-    """
-    path = Path(path)
-    problems: List[str] = []
-    lines = path.read_text().splitlines()
-    name = _image_key(lines[0]) if lines and lines[0].strip() else _image_key(path.stem)
-    if not lines or not lines[0].strip():
-        problems.append(f"{path}: no image name on line 1, using the file name")
-    declared: Optional[int] = None
-    if len(lines) >= 2:
-        try:
-            declared = int(float(lines[1].strip()))
-        except ValueError:
-            problems.append(f"{path}: line 2 is not a box count: {lines[1].strip()!r}")
-    rows = [ln.split() for ln in lines[2:] if ln.strip()]
-    if rows and all(len(r) == 5 for r in rows):
-        try:
-            boxes = np.array(rows, dtype=np.float64)
-        except ValueError:
-            boxes = None
-    else:
-        boxes = None
-    if boxes is None:  # slow path: keep what can be read, report the rest
-        good = []
-        for r in rows:
-            try:
-                if len(r) < 5:
-                    raise ValueError
-                good.append([float(v) for v in r[:5]])
-            except ValueError:
-                problems.append(f"{path}: unreadable box line {' '.join(r)!r}")
-        boxes = np.array(good, dtype=np.float64).reshape(-1, 5)
-    if declared is not None and declared != len(boxes):
-        problems.append(f"{path}: line 2 says {declared} boxes, {len(boxes)} box lines read")
-    return name, boxes, problems
-
-
-def _read_dir(path: PathLike, progress: bool = False) -> Tuple[Dict[str, np.ndarray], List[str]]:
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {root}")
-    files = sorted(root.glob("*/*.txt")) + sorted(root.glob("*.txt"))
-    preds: Dict[str, np.ndarray] = {}
-    problems: List[str] = []
-    it = files
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(files, desc="reading predictions", unit="file")
-    for f in it:
-        name, boxes, probs = read_prediction_file(f)
-        problems.extend(probs)
-        if name in preds:
-            problems.append(f"{f}: second prediction file for image {name}, ignored")
-            continue
-        preds[name] = boxes
-    return preds, problems
-
-
-def read_prediction_dir(path: PathLike, progress: bool = False) -> Dict[str, np.ndarray]:
-    """Read a prediction folder (``<event>/<image>.txt``) into ``{image name: [K, 5] x, y, w, h, score}``.
-
-    Non-conforming files are read as far as possible and reported with one
-    warning (see :func:`read_prediction_file`).
-    """
-    preds, problems = _read_dir(path, progress)
-    if problems:
-        warnings.warn(f"{len(problems)} problem(s) reading {path}; first: {problems[0]}", stacklevel=2)
-    return preds
-
-
-def wider_boxes_for_file(boxes: np.ndarray, box_format: str = "xyxy", plus_one: bool = True) -> np.ndarray:
-    """Round boxes to what the released DSFD code writes to WIDER files.
-
-    The released ``widerface_val.py`` writes ``floor(x1), floor(y1),
-    ceil(x2 - x1 + 1), ceil(y2 - y1 + 1)``; ``plus_one=False`` drops the
-    ``+ 1`` (``ceil(x2 - x1)``).  ``box_format`` is ``"xyxy"`` or ``"xywh"``
-    (then ``x2 = x + w``).  Returns ``[K, 4]`` float64 ``x, y, w, h``.
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if box_format == "xywh":
-        x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    elif box_format == "xyxy":
-        x1, y1, x2, y2 = b.T
-    else:
-        raise ValueError(f"box_format must be 'xyxy' or 'xywh', not {box_format!r}")
-    extra = 1.0 if plus_one else 0.0
-    return np.stack([np.floor(x1), np.floor(y1), np.ceil(x2 - x1 + extra), np.ceil(y2 - y1 + extra)], axis=1)
-
-
-def write_prediction_file(
-    path: PathLike,
-    image_name: str,
-    boxes: np.ndarray,
-    scores: Optional[np.ndarray] = None,
-    *,
-    box_format: str = "xyxy",
-    plus_one: bool = True,
-) -> Path:
-    """Write one WIDER prediction file, rounded like the released DSFD code.
-
-    ``boxes`` is ``[K, 4]`` (``box_format`` ``"xyxy"`` or ``"xywh"``) with
-    ``scores`` ``[K]``, or ``[K, 5]`` with the score last.  Coordinates are
-    written as ``floor(x1) floor(y1) ceil(x2 - x1 + 1) ceil(y2 - y1 + 1)``
-    (:func:`wider_boxes_for_file`; ``plus_one=False`` drops the ``+ 1``) and
-    scores with 6 decimals (the released code used 3, which creates ties
-    that change the ranking).  Boxes are written in descending score order.
-    Line 1 is ``image_name`` as given (e.g. ``0--Parade/0_Parade_x_1.jpg``).
-    """
-    b = np.asarray(boxes, dtype=np.float64)
-    if b.size == 0:
-        b = b.reshape(0, 5 if scores is None else 4)
-    if scores is None:
-        if b.ndim != 2 or b.shape[1] != 5:
-            raise ValueError("boxes must be [K, 5] (with scores) when scores is None")
-        b, s = b[:, :4], b[:, 4]
-    else:
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
-        b = b.reshape(-1, 4)
-        if len(s) != len(b):
-            raise ValueError(f"{len(b)} boxes but {len(s)} scores")
-    order = np.argsort(-s, kind="stable")
-    xywh = wider_boxes_for_file(b[order], box_format, plus_one)
-    s = s[order]
-    lines = [image_name, str(len(s))]
-    lines += [f"{x:.1f} {y:.1f} {w:.1f} {h:.1f} {sc:.6f}" for (x, y, w, h), sc in zip(xywh.tolist(), s.tolist())]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_prediction_dir(
-    out_dir: PathLike,
-    detections: Mapping[str, np.ndarray],
-    gt: Optional[WiderGroundTruth] = None,
-    *,
-    box_format: str = "xyxy",
-    plus_one: bool = True,
-) -> Path:
-    """Write ``{name: [K, 5] boxes + score}`` as ``out_dir/<event>/<name>.txt``.
-
-    Keys are ``"<event>/<name>"`` or a bare image name whose event is looked
-    up in ``gt``.
-    """
-    out_dir = Path(out_dir)
-    event_of = dict(zip(gt.names, gt.events)) if gt is not None else {}
-    for key, det in detections.items():
-        parts = key.replace("\\", "/").split("/")
-        name = _image_key(parts[-1])
-        if len(parts) >= 2:
-            event = parts[-2]
-        elif name in event_of:
-            event = event_of[name]
-        else:
-            raise KeyError(f"no event known for image {key!r}: use '<event>/<name>' keys or pass gt")
-        write_prediction_file(out_dir / event / f"{name}.txt", f"{event}/{name}.jpg", det,
-                              box_format=box_format, plus_one=plus_one)
-    return out_dir
-
-
-# --------------------------------------------------------------------------
 # protocol
 # --------------------------------------------------------------------------
 
@@ -551,7 +367,7 @@ def evaluate_wider(
     """Easy / medium / hard AP of a prediction set with the official WIDER FACE protocol.
 
     ``predictions``: a prediction folder in the official format (see
-    :func:`read_prediction_dir`) or a mapping ``image name -> [K, 5]``
+    :func:`dsfd.io.read_prediction_folder`) or a mapping ``image name -> [K, 5]``
     array of ``x, y, w, h, score`` (keys may carry an event prefix or a
     ``.jpg`` suffix).  ``gt_dir``: folder of the official ``.mat`` files
     (default ``wider_root() / "ground_truth"``) or a loaded
@@ -561,11 +377,11 @@ def evaluate_wider(
     gt = gt_dir if isinstance(gt_dir, WiderGroundTruth) else load_wider_ground_truth(gt_dir)
     problems: List[str] = []
     if isinstance(predictions, (str, os.PathLike)):
-        preds, problems = _read_dir(predictions, progress)
+        preds, problems = read_prediction_folder(predictions, progress)
     else:
         preds = {}
         for k, v in predictions.items():
-            preds[_image_key(k)] = _as_prediction_array(v)
+            preds[image_key(k)] = _as_prediction_array(v)
 
     missing = [f"{ev}/{nm}" for ev, nm in zip(gt.events, gt.names) if nm not in preds]
     if missing:

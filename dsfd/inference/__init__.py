@@ -1,39 +1,29 @@
-"""Face detection with DSFD: the :class:`Detector` API, accuracy mode, image I/O and the ``dsfd detect`` CLI.
+"""Face detection with DSFD: the :class:`Detector` API, accuracy mode, drawing and the ``dsfd detect`` CLI.
 
 * :class:`Detector` / :func:`load_detector` - images (arrays or paths) in,
   ``[K, 5]`` ``x1, y1, x2, y2, score`` arrays out; batched, on-device
-  post-processing (:mod:`.detector`);
+  post-processing (:mod:`.detector`, with :mod:`.canvas`, :mod:`.padding`,
+  :mod:`.cuda_graphs` and :mod:`dsfd.postprocess`);
 * :mod:`.multiscale` - the released WIDER FACE multi-scale + flip protocol;
-* :mod:`.io` - reading / validating / converting images, drawing boxes;
+* :mod:`.drawing` - boxes drawn on images, JSON records;
 * :mod:`.cli` - ``dsfd detect``.
+
+Images are read by :mod:`dsfd.io`; models come from :mod:`dsfd.models`.
 """
 
-from .detector import (
-    DEFAULT_MAX_SIZE,
-    DISPLAY_SCORE,
-    MIN_INPUT_SIZE,
-    Detector,
-    RandomWeightsWarning,
-    calibrate_random_model,
-    default_weights_path,
-    load_detector,
-)
-from .io import ImageError, draw_detections, read_image, to_bgr_uint8
+from .canvas import MIN_INPUT_SIZE
+from .detector import DEFAULT_MAX_SIZE, DISPLAY_SCORE, Detector, load_detector
+from .drawing import detections_to_records, draw_detections
 from .multiscale import max_test_scale, wider_test_passes
 
 __all__ = [
     "Detector",
     "load_detector",
-    "RandomWeightsWarning",
     "DISPLAY_SCORE",
     "DEFAULT_MAX_SIZE",
     "MIN_INPUT_SIZE",
-    "default_weights_path",
-    "calibrate_random_model",
-    "ImageError",
-    "read_image",
-    "to_bgr_uint8",
     "draw_detections",
+    "detections_to_records",
     "wider_test_passes",
     "max_test_scale",
 ]

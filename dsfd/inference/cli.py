@@ -40,11 +40,13 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
-from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ImageError, detections_to_records, is_video_path
+from ..constants import DISPLAY_SCORE
+from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ImageError, is_video_path
+from ..postprocess import PostProcessConfig
+from .drawing import detections_to_records
 
 __all__ = ["add_parser", "run", "collect_inputs"]
 
-_DRAW_SCORE = 0.5
 _WRITABLE = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -69,10 +71,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="network precision (auto: bfloat16 on CUDA and on CPUs with bf16 in hardware, "
                         "float32 elsewhere; float16: CUDA only)")
     d = p.add_argument_group("detection")
-    d.add_argument("--score-threshold", type=float, default=0.01, help="pre-NMS score threshold (0.01)")
-    d.add_argument("--nms-threshold", type=float, default=0.3, help="NMS IoU threshold (0.3)")
+    PostProcessConfig.add_arguments(d)
     d.add_argument("--min-score", type=float, default=None,
-                   help="drawing / saving threshold (default 0.5; --format wider saves all by default)")
+                   help=f"drawing / saving threshold (default {DISPLAY_SCORE}; --format wider saves all by default)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test of the released WIDER protocol (~11 passes per image, slow)")
     d.add_argument("--batch-size", type=int, default=4, help="images (or video frames) per forward pass (4)")
@@ -149,13 +150,13 @@ def _write_image_outputs(args: argparse.Namespace, item: InputItem, image: np.nd
                          save_min: float, draw_min: float) -> int:
     import cv2
 
-    from .io import draw_detections
+    from .drawing import draw_detections
 
     out = args.out / item.rel
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = dets[dets[:, 4] >= save_min]
     if args.format == "wider":
-        from ..evaluation.wider import write_prediction_file
+        from ..io import write_prediction_file
 
         write_prediction_file(out.with_suffix(".txt"), item.rel.as_posix(), kept)
     else:
@@ -174,7 +175,7 @@ def _write_image_outputs(args: argparse.Namespace, item: InputItem, image: np.nd
 
 
 def _load(item: InputItem) -> Tuple[InputItem, Optional[np.ndarray], Optional[str]]:
-    from .io import read_image
+    from ..io import read_image
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -247,7 +248,7 @@ def _run_video(args: argparse.Namespace, detector: Any, item: InputItem, stats: 
     import cv2
     from tqdm import tqdm
 
-    from .io import draw_detections
+    from .drawing import draw_detections
 
     cap = cv2.VideoCapture(str(item.path))
     if not cap.isOpened():
@@ -324,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             detector = Detector(
                 weights=args.weights, network=args.network, backbone=args.backbone, device=args.device,
-                dtype=args.dtype, score_threshold=args.score_threshold, nms_threshold=args.nms_threshold,
+                dtype=args.dtype, **PostProcessConfig.from_args(args).as_dict(),
                 max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode,
             )
         except (ValueError, OSError, RuntimeError) as e:  # bad file / name, failed download
@@ -332,9 +333,9 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
 
-    fmt_default = 0.0 if args.format == "wider" else _DRAW_SCORE
+    fmt_default = 0.0 if args.format == "wider" else DISPLAY_SCORE
     save_min = fmt_default if args.min_score is None else args.min_score
-    draw_min = _DRAW_SCORE if args.min_score is None else args.min_score
+    draw_min = DISPLAY_SCORE if args.min_score is None else args.min_score
     args.out.mkdir(parents=True, exist_ok=True)
     stats: Dict[str, Any] = {"images": 0, "videos": 0, "frames": 0, "faces": 0, "skipped": list(skipped),
                              "notes": []}

@@ -17,9 +17,9 @@ section 6. For an ``H x W`` image:
   ``min(x2 - x1 + 1, y2 - y1 + 1) < 100``, else the longer-side ``> 30`` rule;
 * **pyramid**: ``0.25`` (longer side ``> 30``), then each of ``1.25, 1.75,
   2.25`` that is ``<= max_s`` (shorter side ``< 100``);
-* everything merged by box voting (IoU ``>= 0.3`` with the inclusive-pixel
-  ``+ 1`` convention, score-weighted mean of the group, score = max, lone boxes
-  dropped, at most 750 kept).
+* everything merged by box voting (:func:`dsfd.ops.box_voting`: IoU ``>= 0.3``
+  with the inclusive-pixel ``+ 1`` convention, score-weighted mean of the
+  group, score = max, lone boxes dropped, at most ``max_keep`` kept).
 
 For ``max_s = 3`` (images up to about 1890 x 1890) that is 11 forward passes
 at scales 1, 1 (flip), 0.5, 0.75, 2, 1.5, 3, 0.25, 1.25, 1.75, 2.25.
@@ -36,7 +36,7 @@ all is left - here an empty ``[0, 5]`` result is returned).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -46,7 +46,6 @@ __all__ = [
     "max_test_scale",
     "wider_test_passes",
     "size_filter_mask",
-    "box_voting",
     "CAFFE_PIXEL_CAP",
 ]
 
@@ -121,25 +120,3 @@ def size_filter_mask(boxes: Tensor, keep: Optional[str]) -> Tensor:
     if keep == "small":
         return torch.minimum(w, h) < 100
     raise ValueError(f"keep must be None, 'large' or 'small', got {keep!r}")
-
-
-def box_voting(
-    boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, max_keep: int = 750
-) -> Tuple[Tensor, Tensor]:
-    """Box voting (``bbox_vote``) through the compiled op when available, else the reference.
-
-    ``boxes[N, 4]`` (pixels), ``scores[N]`` -> ``(boxes[K, 4], scores[K])``,
-    ``K <= max_keep``, in decreasing score order; ``N = 0`` gives ``K = 0``.
-    The plain-PyTorch reference loops in Python and reads each IoU row on the
-    host, so it runs on the CPU (results are moved back to the input device).
-    """
-    from .. import ops
-    from ..extension import _has_ops
-
-    if boxes.shape[0] == 0:
-        return boxes.new_zeros(0, 4), scores.new_zeros(0)
-    if hasattr(ops, "box_voting") and _has_ops() and hasattr(torch.ops.dsfd, "box_voting"):
-        return ops.box_voting(boxes, scores, iou_threshold=iou_threshold, max_keep=max_keep)
-    dev = boxes.device
-    b, s = ops.reference.box_voting(boxes.cpu(), scores.cpu(), iou_threshold=iou_threshold, max_keep=max_keep)
-    return b.to(dev), s.to(dev)

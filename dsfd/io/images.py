@@ -1,9 +1,9 @@
-"""Image input for the detector: reading, validation, conversion, and drawing.
+"""Reading and converting images: the one rule set for training data, inference and evaluation.
 
-Every image that reaches the network is a C-contiguous ``uint8`` array
-``[H, W, 3]`` in BGR order (OpenCV's layout). :func:`to_bgr_uint8` converts
-what can be converted unambiguously and raises :class:`ImageError` (a
-``ValueError``) naming the problem otherwise:
+Every image that reaches a network or the data pipeline is a C-contiguous
+``uint8`` array ``[H, W, 3]`` in BGR order (OpenCV's layout).
+:func:`to_bgr_uint8` converts what can be converted unambiguously and raises
+:class:`ImageError` (a ``ValueError``) naming the problem otherwise:
 
 ============================  =================================================
 input                         handling
@@ -12,7 +12,7 @@ input                         handling
 ``[H, W, 4]``                 BGRA / RGBA: the alpha channel is dropped
 ``[H, W, 3]``                 BGR (default) or RGB with ``color="rgb"``
 ``uint8``                     used as is
-``uint16``                    scaled to 8 bits (``round(v / 257)``)
+``uint16``                    scaled to 8 bits: ``round(v / 257)`` (65535 -> 255)
 float (16/32/64 bit)          must lie in ``[0, 1]``; multiplied by 255 and
                               rounded. NaN / inf / values outside ``[0, 1]``
                               raise
@@ -22,18 +22,18 @@ zero-size, other ranks,       raise
 ============================  =================================================
 
 :func:`read_image` reads a file (any format OpenCV decodes) with the same
-rules, so 16-bit PNGs, grayscale and RGBA files work; missing, empty,
-unreadable and corrupt files raise :class:`ImageError`. A JPEG whose
-end-of-image marker is missing (a truncated download) is decoded as far as
-it goes - OpenCV fills the rest with grey - and a ``UserWarning`` says so.
+rules, so 16-bit PNGs, grayscale and RGBA files work. Missing, empty,
+unreadable, undecodable and truncated files raise :class:`ImageError`; a
+JPEG is truncated when no end-of-image marker follows its last start-of-scan
+(an interrupted download: OpenCV would fill the rest with grey). EXIF
+orientation is ignored: annotations refer to the stored pixel grid.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,14 +43,14 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "read_image",
     "to_bgr_uint8",
-    "draw_detections",
     "is_image_path",
     "is_video_path",
+    "jpeg_truncated",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: File extensions treated as images by the CLI's folder walk (lower case).
+#: File extensions treated as images by folder walks (lower case).
 IMAGE_EXTENSIONS: Tuple[str, ...] = (
     ".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
     ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".ras", ".sr",
@@ -151,25 +151,27 @@ def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
     )
 
 
-def _jpeg_truncated(data: np.ndarray) -> bool:
-    """True when a JPEG byte stream lacks its end-of-image marker (``FF D9``)."""
-    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+def jpeg_truncated(data: bytes) -> bool:
+    """True for a JPEG byte stream whose last start-of-scan (``FF DA``) is not followed by end-of-image (``FF D9``).
+
+    Inside entropy-coded data ``0xFF`` is always followed by ``0x00`` or a
+    restart marker, so a complete file has ``FF D9`` after its last scan.
+    """
+    if data[:2] != b"\xff\xd8":
         return False
-    tail = data[-64:].tobytes().rstrip(b"\x00")
-    return not tail.endswith(b"\xff\xd9")
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
 def read_image(path: PathLike, color_out: str = "bgr") -> np.ndarray:
-    """Read an image file into a BGR ``uint8`` ``[H, W, 3]`` array.
+    """Read an image file into a ``uint8`` ``[H, W, 3]`` array (BGR, or RGB with ``color_out="rgb"``).
 
     Args:
         path: any format OpenCV decodes (JPEG, PNG incl. 16-bit / gray /
             alpha, BMP, TIFF, WebP, ...).
-        color_out: ``"bgr"`` (default) or ``"rgb"`` for the returned array.
 
     Raises:
-        ImageError: missing, empty, unreadable or corrupt file, or an image
-            :func:`to_bgr_uint8` rejects.
+        ImageError: missing, empty, unreadable, undecodable or truncated
+            file, or pixels :func:`to_bgr_uint8` rejects.
     """
     import cv2
 
@@ -179,70 +181,18 @@ def read_image(path: PathLike, color_out: str = "bgr") -> np.ndarray:
     if not os.path.isfile(p):
         raise ImageError(f"not a file: {p!r}")
     try:
-        data = np.fromfile(p, dtype=np.uint8)
+        with open(p, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise ImageError(f"cannot read {p!r}: {e}") from e
-    if data.size == 0:
+        raise ImageError(f"cannot read {p!r}: {e.strerror or e}") from e
+    if not data:
         raise ImageError(f"image file is empty (0 bytes): {p!r}")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(f"cannot decode {p!r}: not an image, corrupt, or truncated ({data.size} bytes)")
-    if _jpeg_truncated(data):
-        warnings.warn(f"{p!r} is a truncated JPEG (no end-of-image marker); it was decoded partially",
-                      stacklevel=2)
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]  # OpenCV decodes alpha images as BGRA
-    out = to_bgr_uint8(img, "bgr", name=p)
+    if jpeg_truncated(data):
+        raise ImageError(f"truncated JPEG (no end-of-image marker after the last scan): {p!r}")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"cannot decode {p!r}: not an image, or corrupt ({len(data)} bytes)")
+    out = to_bgr_uint8(img, "bgr", name=p)  # OpenCV decodes alpha images as BGRA: the alpha is dropped
     if color_out.lower() == "rgb":
         out = np.ascontiguousarray(out[:, :, ::-1])
     return out
-
-
-def draw_detections(
-    image: np.ndarray,
-    detections: np.ndarray,
-    min_score: float = 0.5,
-    color: Tuple[int, int, int] = (0, 255, 0),
-    thickness: Optional[int] = None,
-    show_scores: bool = True,
-) -> np.ndarray:
-    """Draw boxes and scores on a copy of a BGR ``uint8`` image.
-
-    Args:
-        image: ``[H, W, 3]`` BGR ``uint8`` (see :func:`to_bgr_uint8`).
-        detections: ``[K, 5]`` ``x1, y1, x2, y2, score`` in pixels.
-        min_score: boxes scoring below are not drawn.
-        color: BGR box colour.
-        thickness: line width (default: about 1/400 of the longer side, at least 1).
-
-    Returns:
-        The annotated copy.
-    """
-    import cv2
-
-    out = np.ascontiguousarray(image).copy()
-    H, W = out.shape[:2]
-    t = max(1, round(max(H, W) / 400)) if thickness is None else int(thickness)
-    d = np.asarray(detections, dtype=np.float32).reshape(-1, 5)
-    font_scale = max(0.35, t * 0.4)
-    for x1, y1, x2, y2, s in d[d[:, 4] >= min_score]:
-        p1 = (int(round(x1)), int(round(y1)))
-        p2 = (int(round(x2)), int(round(y2)))
-        cv2.rectangle(out, p1, p2, color, t, cv2.LINE_AA)
-        if show_scores:
-            label = f"{s:.2f}"
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-            ty = p1[1] - 2 if p1[1] - th - base - 2 >= 0 else p1[1] + th + 2
-            cv2.rectangle(out, (p1[0], ty - th - 1), (p1[0] + tw + 1, ty + base - 1), color, -1)
-            cv2.putText(out, label, (p1[0], ty - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1,
-                        cv2.LINE_AA)
-    return out
-
-
-def detections_to_records(detections: np.ndarray, min_score: float = 0.0) -> Sequence[dict]:
-    """``[K, 5]`` detections -> ``[{"box": [x1, y1, x2, y2], "score": s}, ...]`` (JSON-friendly)."""
-    d = np.asarray(detections, dtype=np.float64).reshape(-1, 5)
-    return [
-        {"box": [round(float(v), 2) for v in row[:4]], "score": round(float(row[4]), 5)}
-        for row in d[d[:, 4] >= min_score]
-    ]
