@@ -24,15 +24,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from kernels import hardware_info, write_result  # noqa: E402
-
-from dsfd.data_paths import wider_root  # noqa: E402
-from dsfd.evaluation.wider import evaluate_wider, load_wider_ground_truth, wider_boxes_for_file  # noqa: E402
-from dsfd.inference import Detector  # noqa: E402
-from dsfd.inference.io import read_image  # noqa: E402
+from common import hardware_info, write_result
+from dsfd.data_paths import wider_root
+from dsfd.evaluation.wider import evaluate_wider, load_wider_ground_truth
+from dsfd.inference import Detector
+from dsfd.io import read_image, wider_boxes_for_file
 
 
 def predictions(det: Detector, gt, image_root: Path, accuracy_mode: bool) -> Dict[str, np.ndarray]:

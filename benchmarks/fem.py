@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import Bench, hardware_info, write_result  # first: also sets CUDA_HOME quietly
 
-from kernels import Bench, hardware_info, write_result  # noqa: E402  (also sets CUDA_HOME quietly)
+import torch
 
-import torch  # noqa: E402
-
-import dsfd.models.fem as fem  # noqa: E402
+import dsfd.models.fem as fem
+import dsfd.ops as ops
 
 RESNET_CHANNELS = (256, 512, 1024, 2048, 512, 256)
 STRIDES = (4, 8, 16, 32, 64, 128)
@@ -47,54 +43,51 @@ def run(device: str, size: int, batches: List[int], width: float, quick: bool, c
     module = fem.FeatureEnhanceModule(channels).to(device)
     print(f"\n== FEM, ResNet50 channels x{width}, {size}x{size}, {device} ==", flush=True)
 
-    def set_variant(fused: bool) -> None:
-        fem.use_fused_ops = fused
+    def set_variant(fused: bool) -> None:  # "unfused": separate branch convs and the reference top-down step
         module.fuse_branches = fused
 
-    try:
-        for batch in batches:
-            xs = features(batch, size, device, width)
-            module.eval()
+    for batch in batches:
+        xs = features(batch, size, device, width)
+        module.eval()
 
-            def forward(fused: bool):
-                set_variant(fused)
-                with torch.inference_mode():
-                    return module(xs)
+        def forward(fused: bool):
+            set_variant(fused)
+            with ops.use_reference(not fused), torch.inference_mode():
+                return module(xs)
 
+        set_variant(True)
+        with torch.inference_mode():
+            a = module(xs)
+        set_variant(False)
+        with ops.use_reference(), torch.inference_mode():
+            b = module(xs)
+        err = max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(a, b))
+        variants = {"dsfd": lambda: forward(True), "unfused": lambda: forward(False)}
+        if compile:
             set_variant(True)
-            with torch.inference_mode():
-                a = module(xs)
-            set_variant(False)
-            with torch.inference_mode():
-                b = module(xs)
-            err = max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(a, b))
-            variants = {"dsfd": lambda: forward(True), "unfused": lambda: forward(False)}
-            if compile:
+            compiled = torch.compile(module, dynamic=False)
+
+            def forward_compiled():
                 set_variant(True)
-                compiled = torch.compile(module, dynamic=False)
+                with torch.inference_mode():
+                    return compiled(xs)
 
-                def forward_compiled():
-                    set_variant(True)
-                    with torch.inference_mode():
-                        return compiled(xs)
+            c = forward_compiled()  # compile outside the timing
+            err = max(err, max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(c, b)))
+            variants["compiled"] = forward_compiled
+        bench.case("FEM forward (eval)", f"B={batch}", variants, note=f"max rel diff {err:.1e}")
 
-                c = forward_compiled()  # compile outside the timing
-                err = max(err, max(float((p - q).abs().max() / q.abs().max().clamp(min=1e-12)) for p, q in zip(c, b)))
-                variants["compiled"] = forward_compiled
-            bench.case("FEM forward (eval)", f"B={batch}", variants, note=f"max rel diff {err:.1e}")
+        module.train()
+        xs_grad = [x.clone().requires_grad_() for x in xs]
 
-            module.train()
-            xs_grad = [x.clone().requires_grad_() for x in xs]
-
-            def fwd_bwd(fused: bool):
-                set_variant(fused)
-                module.zero_grad(set_to_none=True)
+        def fwd_bwd(fused: bool):
+            set_variant(fused)
+            module.zero_grad(set_to_none=True)
+            with ops.use_reference(not fused):
                 out = module(xs_grad)
-                torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+            torch.autograd.backward(out, [torch.ones_like(o) for o in out])
 
-            bench.case("FEM forward+backward", f"B={batch}", {"dsfd": lambda: fwd_bwd(True), "unfused": lambda: fwd_bwd(False)})
-    finally:
-        fem.use_fused_ops = True
+        bench.case("FEM forward+backward", f"B={batch}", {"dsfd": lambda: fwd_bwd(True), "unfused": lambda: fwd_bwd(False)})
     return {"hardware": hardware_info(device), "size": size, "width": width, "results": bench.rows}
 
 

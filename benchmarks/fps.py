@@ -45,46 +45,14 @@ import numpy as np
 import torch
 import torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import dsfd.ops
+from common import hardware_info, parse_res, require_compiled_ops, test_images, write_result
+from dsfd.inference import Detector
+from dsfd.models import build_model, calibrate_random_model, default_weights_path, load_weights
+from dsfd.models.anchors import clear_anchor_cache
+from dsfd.postprocess import PostProcessConfig
 
-import dsfd  # noqa: E402
-import dsfd.models.fem as fem  # noqa: E402
-from dsfd.inference import Detector  # noqa: E402
-from dsfd.inference.detector import _dead_leaves, _face_outputs, calibrate_random_model  # noqa: E402
-from dsfd.models import build_model, load_weights  # noqa: E402
-from dsfd.models.anchors import clear_anchor_cache  # noqa: E402
-from dsfd.ops import reference as ref  # noqa: E402
-from kernels import hardware_info, write_result  # noqa: E402
-
-RESOLUTIONS: Dict[str, Tuple[int, int]] = {"vga": (640, 480), "hd": (1280, 720), "fullhd": (1920, 1080)}
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def parse_res(res: str) -> Tuple[int, int]:
-    """``vga`` / ``hd`` / ``fullhd`` or ``WxH`` -> ``(width, height)``."""
-    if res.lower() in RESOLUTIONS:
-        return RESOLUTIONS[res.lower()]
-    try:
-        w, h = (int(v) for v in res.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--res must be vga, hd, fullhd or WxH, got {res!r}") from None
-    return w, h
-
-
-def test_images(width: int, height: int, batch: int) -> Tuple[List[np.ndarray], str]:
-    """``batch`` BGR uint8 images: WIDER FACE val photographs resized to ``width x height`` when present."""
-    import cv2
-
-    from dsfd.data_paths import wider_root
-
-    files = sorted((wider_root() / "WIDER_val" / "images").glob("*/*.jpg"))
-    if files:
-        imgs = [cv2.resize(cv2.imread(str(files[i % len(files)])), (width, height), interpolation=cv2.INTER_AREA)
-                for i in range(batch)]
-        return imgs, "WIDER FACE val photographs (resized)"
-    return [_dead_leaves(height, width, seed=i) for i in range(batch)], "synthetic dead-leaves images"
 
 
 class Timer:
@@ -123,41 +91,36 @@ class Timer:
 class BaselineDetector:
     """The pipeline of the popular re-implementations: fp32, NCHW, unfused, per-image torchvision NMS."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, score_threshold: float = 0.01,
-                 nms_threshold: float = 0.3, top_k: int = 5000, keep_top_k: int = 750) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device,
+                 postprocess: PostProcessConfig = PostProcessConfig()) -> None:
         self.model = model.to(device).eval()
         self.device = device
-        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
-        self.top_k, self.keep_top_k = top_k, keep_top_k
+        self.postprocess = postprocess
 
     def preprocess(self, images: List[np.ndarray]) -> torch.Tensor:
         x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float().contiguous()
-        return x - torch.tensor([104.0, 117.0, 123.0], device=self.device).view(1, 3, 1, 1)
+        return x - torch.tensor(self.model.pixel_mean, device=self.device).view(1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> Any:
-        prev = fem.use_fused_ops
-        fem.use_fused_ops = False
         clear_anchor_cache()  # the re-implementations build their priors on every call
-        try:
+        with dsfd.ops.use_reference():  # nor do they have the fused top-down kernel
             return self.model(x)
-        finally:
-            fem.use_fused_ops = prev
 
     def detect_batch(self, images: List[np.ndarray]) -> List[np.ndarray]:
         with torch.inference_mode():
             x = self.preprocess(images)
-            loc, conf, anchors = _face_outputs(self.forward(x))
+            loc, conf, anchors = self.model.inference_shot(self.forward(x))
             H, W = x.shape[-2:]
             scale = torch.tensor([W, H, W, H], dtype=torch.float32, device=self.device)
             out = []
             for b in range(x.shape[0]):
                 scores = torch.softmax(conf[b].float(), -1)[:, 1]
-                boxes = ref.decode_boxes(loc[b].float(), anchors) * scale
-                keep = scores > self.score_threshold
+                boxes = dsfd.ops.reference.decode_boxes(loc[b].float(), anchors, self.model.variances) * scale
+                keep = scores > self.postprocess.score_threshold
                 scores, boxes = scores[keep], boxes[keep]
-                order = scores.argsort(descending=True)[: self.top_k]
+                order = scores.argsort(descending=True)[: self.postprocess.pre_nms_top_k]
                 scores, boxes = scores[order], boxes[order]
-                kept = torchvision.ops.nms(boxes, scores, self.nms_threshold)[: self.keep_top_k]
+                kept = torchvision.ops.nms(boxes, scores, self.postprocess.iou_threshold)[: self.postprocess.max_keep]
                 out.append(torch.cat([boxes[kept], scores[kept, None]], 1).cpu().numpy())
             return out
 
@@ -179,8 +142,6 @@ def _top_box_agreement(a: np.ndarray, b: np.ndarray, k: int = 50) -> Dict[str, f
 
 def _build(args: argparse.Namespace, fuse: bool) -> torch.nn.Module:
     if args.weights:
-        from dsfd.inference.detector import default_weights_path
-
         path = default_weights_path() if args.weights == "default" else args.weights
         if path is None:
             raise SystemExit("--weights default: no packaged default model (dsfd/weights/default.pth)")
@@ -230,14 +191,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with torch.inference_mode():
             xs = {}
             for name, det in ((auto_name, auto), ("dsfd float32", fp32)):
-                x = x_u8.permute(0, 3, 1, 2).float() - det._mean
-                xs[name] = x if det.channels_last else x.contiguous()
+                xs[name] = det.network_input(x_u8)
             x_base = baseline.preprocess(imgs)
 
         def model_fn(det: Detector, x: torch.Tensor) -> Callable[[], None]:
             def fn() -> None:
-                with torch.inference_mode(), det._autocast():
-                    det._network(x)
+                with torch.inference_mode():
+                    det.run_network(x)
             return fn
 
         def base_model_fn() -> None:
@@ -286,8 +246,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                    "iters": iters, "warmup": warmup, "cuda_graphs": args.cuda_graphs, "compile": args.compile,
                    "weights": (str(args.weights) if args.weights
                                else "random (calibrated); detections meaningless"),
-                   "images": source, "score_threshold": 0.01, "nms_threshold": 0.3, "top_k": 5000,
-                   "keep_top_k": 750},
+                   "images": source, **auto.postprocess.as_dict()},
         "hardware": hardware_info(device.type),
         "results": rows,
         "agreement": agreement,
@@ -340,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=None,
                         help="JSON path (default benchmarks/results/fps_<device>_<res>_<host>.json)")
     args = parser.parse_args(argv)
-    dsfd.extension._assert_has_ops()
+    require_compiled_ops()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         result = run(args)

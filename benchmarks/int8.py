@@ -33,16 +33,12 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from fps import parse_res  # noqa: E402
-from kernels import hardware_info, write_result  # noqa: E402
-
-from dsfd.data_paths import wider_root  # noqa: E402
-from dsfd.inference.detector import default_weights_path  # noqa: E402
-from dsfd.models import load_weights  # noqa: E402
-from dsfd.models.heads import decode_predictions  # noqa: E402
+from common import hardware_info, parse_res, write_result
+from dsfd.constants import BGR_MEAN
+from dsfd.data_paths import wider_root
+from dsfd.io import read_image
+from dsfd.models import default_weights_path, load_weights
+from dsfd.models.heads import decode_predictions
 
 
 def fold_batchnorms(model: torch.nn.Module) -> int:
@@ -88,10 +84,10 @@ def photos(split: str, n: int, width: int, height: int, offset: int = 0) -> List
     files = sorted((wider_root() / f"WIDER_{split}" / "images").glob("*/*.jpg"))[offset: offset + n]
     if not files:
         raise SystemExit(f"no WIDER FACE {split} images under {wider_root()}")
-    mean = torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    mean = torch.tensor(BGR_MEAN).view(1, 3, 1, 1)
     out = []
     for f in files:
-        img = cv2.resize(cv2.imread(str(f)), (width, height), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(read_image(f), (width, height), interpolation=cv2.INTER_AREA)
         out.append(torch.from_numpy(img).permute(2, 0, 1)[None].float() - mean)
     return out
 
@@ -164,13 +160,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         timings["bf16 torch.compile"] = median_ms(bf16_compiled, args.warmup, args.iters)
 
         t0 = time.perf_counter()
-        import dsfd.models.fem as fem
+        import dsfd.ops
 
         int8_error = None
         compiled_int8 = None
-        fem.use_fused_ops = False  # plain-PyTorch top-down step: no dsfd:: op in the exported graph
         try:
-            exported = torch.export.export(quant_net, (x,)).module()
+            with dsfd.ops.use_reference():  # plain-PyTorch top-down step: no dsfd:: op in the exported graph
+                exported = torch.export.export(quant_net, (x,)).module()
             quantizer = X86InductorQuantizer()
             quantizer.set_global(get_default_x86_inductor_quantization_config())
             prepared = prepare_pt2e(exported, quantizer)
@@ -182,8 +178,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Exception as e:  # recorded: the outcome of the attempt is the measurement
             int8_error = f"{type(e).__name__}: {e}"
             print(f"int8 quantization failed: {int8_error}", file=sys.stderr)
-        finally:
-            fem.use_fused_ops = True
         quantize_s = time.perf_counter() - t0
         if compiled_int8 is not None:
             timings["int8 PT2E + torch.compile"] = median_ms(lambda: compiled_int8(x), args.warmup, args.iters)

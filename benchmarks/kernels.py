@@ -13,76 +13,17 @@ benchmarks/results/kernels_<device>_<host>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import sys
-from pathlib import Path
-from typing import Callable, Dict, List, Optional
-
-# torch.utils.benchmark imports cpp_extension, which warns when it has to guess CUDA_HOME.
-if os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
-    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+from typing import Dict, List, Optional
 
 import torch
-import torch.utils.benchmark as tbench
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import dsfd  # noqa: E402
-import dsfd.ops as ops  # noqa: E402
-from dsfd.ops import reference as ref  # noqa: E402
-
-try:
-    import torchvision
-except ImportError:  # the benchmarks still run, without the torchvision column
-    torchvision = None
+import dsfd.ops.compiled as ops  # the kernels themselves, not the dispatch
+from common import Bench, hardware_info, require_compiled_ops, torchvision, write_result
+from dsfd.constants import IOU_THRESHOLD, MAX_KEEP, PRE_NMS_TOP_K, SCORE_THRESHOLD
+from dsfd.ops import reference as ref
 
 NUM_ANCHORS = 34_125  # 640 x 640, six levels, one anchor per location
-
-
-def write_result(result: Dict[str, object], out: Optional[str], name: str) -> Path:
-    """Write a benchmark's JSON to ``out``, or ``benchmarks/results/<name>_<host>.json``; print where."""
-    path = Path(out) if out else ROOT / "benchmarks" / "results" / f"{name}_{platform.node() or 'host'}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return path
-
-
-def hardware_info(device: str) -> Dict[str, object]:
-    info: Dict[str, object] = {
-        "device": device,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "torchvision": getattr(torchvision, "__version__", None),
-        "dsfd": dsfd.__version__,
-        "host": platform.node(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from dsfd.precision import cpu_bf16_support, cpu_has_bf16
-
-    info["cpu_bf16"] = {**cpu_bf16_support(), "used": cpu_has_bf16()}
-    if device == "cuda":
-        p = torch.cuda.get_device_properties(0)
-        info["gpu"] = p.name
-        info["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
-        info["gpu_sms"] = p.multi_processor_count
-    return info
 
 
 def detection_like(batch: int, n: int, faces: int = 60, size: int = 640, seed: int = 0, device: str = "cpu"):
@@ -123,38 +64,6 @@ def faces(batch: int, g_max: int, seed: int, device: str):
     gt = torch.cat([xy, (xy + wh).clamp(max=1)], -1)
     counts = torch.full((batch,), g_max, dtype=torch.long)
     return gt.to(device), counts.to(device)
-
-
-class Bench:
-    def __init__(self, device: str, min_run_time: float):
-        self.device = device
-        self.min_run_time = min_run_time
-        self.rows: List[Dict[str, object]] = []
-
-    def time(self, fn: Callable[[], object], budget: Optional[float] = None) -> float:
-        """Median seconds per call (CUDA: synchronised by torch.utils.benchmark)."""
-        fn()  # warm-up
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        t = tbench.Timer(stmt="fn()", globals={"fn": fn})
-        m = t.blocked_autorange(min_run_time=budget or self.min_run_time)
-        return m.median
-
-    def case(self, op: str, shape: str, variants: Dict[str, Callable[[], object]], note: str = "",
-             slow: Optional[set] = None):
-        times = {}
-        for name, fn in variants.items():
-            if fn is None:
-                continue
-            times[name] = self.time(fn, budget=self.min_run_time / 4 if slow and name in slow else None)
-        row = {"op": op, "shape": shape, "device": self.device, "ms": {k: v * 1e3 for k, v in times.items()}, "note": note}
-        base = times.get("dsfd")
-        if base:
-            row["speedup"] = {k: v / base for k, v in times.items() if k != "dsfd"}
-        self.rows.append(row)
-        cols = "  ".join(f"{k}={v * 1e3:9.3f}ms" for k, v in times.items())
-        sp = "  ".join(f"x{v:.1f} vs {k}" for k, v in row.get("speedup", {}).items())
-        print(f"{op:20s} {shape:28s} {cols}   {sp}  {note}", flush=True)
 
 
 def run(device: str, quick: bool) -> Dict[str, object]:
@@ -198,10 +107,10 @@ def run(device: str, quick: bool) -> Dict[str, object]:
         def tv_loop():
             out = []
             for bb, ss in zip(boxes, scores):
-                idx = torch.nonzero(ss > 0.01).flatten()
-                top = torch.sort(ss[idx], descending=True, stable=True).indices[:5000]
+                idx = torch.nonzero(ss > SCORE_THRESHOLD).flatten()
+                top = torch.sort(ss[idx], descending=True, stable=True).indices[:PRE_NMS_TOP_K]
                 idx = idx[top]
-                out.append(idx[tv.nms(bb[idx], ss[idx], 0.3)][:750])
+                out.append(idx[tv.nms(bb[idx], ss[idx], IOU_THRESHOLD)][:MAX_KEEP])
             return out
 
         def tv_batched():
@@ -209,18 +118,18 @@ def run(device: str, quick: bool) -> Dict[str, object]:
             flat_b = boxes.reshape(-1, 4)
             flat_s = scores.reshape(-1)
             img = torch.arange(batch, device=device).repeat_interleave(boxes.shape[1])
-            keep = flat_s > 0.01
-            kept = tv.batched_nms(flat_b[keep], flat_s[keep], img[keep], 0.3)
+            keep = flat_s > SCORE_THRESHOLD
+            kept = tv.batched_nms(flat_b[keep], flat_s[keep], img[keep], IOU_THRESHOLD)
             return kept
 
-        _, _, cnt, idx = ops.batched_nms(boxes, scores, 0.3, 0.01, 5000, 750, return_indices=True)
+        _, _, cnt, idx = ops.batched_nms(boxes, scores, IOU_THRESHOLD, SCORE_THRESHOLD, PRE_NMS_TOP_K, MAX_KEEP, return_indices=True)
         same = True
         if tv is not None:
             for i, want in enumerate(tv_loop()):
                 same &= torch.equal(idx[i, : cnt[i]].cpu(), want.cpu())
         b.case("batched_nms", f"B={batch}, N=5000", {
-            "dsfd": lambda: ops.batched_nms(boxes, scores, 0.3, 0.01, 5000, 750),
-            "reference": (lambda: ref.batched_nms(boxes, scores, 0.3, 0.01, 5000, 750)) if device == "cpu" and batch == 1 else None,
+            "dsfd": lambda: ops.batched_nms(boxes, scores, IOU_THRESHOLD, SCORE_THRESHOLD, PRE_NMS_TOP_K, MAX_KEEP),
+            "reference": (lambda: ref.batched_nms(boxes, scores, IOU_THRESHOLD, SCORE_THRESHOLD, PRE_NMS_TOP_K, MAX_KEEP)) if device == "cpu" and batch == 1 else None,
             "torchvision_loop": tv_loop if tv else None,
             "torchvision_batched": tv_batched if tv else None,
         }, note=f"same kept sets as torchvision: {same}", slow={"reference"})
@@ -268,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter timing runs")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kernels_<device>_<host>.json)")
     args = parser.parse_args(argv)
-    dsfd.extension._assert_has_ops()
+    require_compiled_ops()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":

@@ -38,14 +38,11 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from dsfd.export import export_onnx, match_detections  # noqa: E402
-from dsfd.inference import Detector  # noqa: E402
-from dsfd.models import load_weights  # noqa: E402
-from kernels import hardware_info, write_result  # noqa: E402
+from common import ROOT, hardware_info, write_result
+from dsfd.export import export_onnx, match_detections
+from dsfd.inference import Detector
+from dsfd.io import read_image
+from dsfd.models import load_weights
 
 
 def photo(width: int, height: int) -> tuple:
@@ -56,7 +53,7 @@ def photo(width: int, height: int) -> tuple:
 
     files = sorted((wider_root() / "WIDER_val" / "images").glob("*/*.jpg"))
     src = files[0] if files else ROOT / "dsfd" / "assets" / "grace_hopper.jpg"
-    img = cv2.imread(str(src))
+    img = read_image(src)
     return np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)), str(src)
 
 
@@ -103,7 +100,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     )
 
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float().contiguous()
-    x_norm = x - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    x_norm = x - torch.tensor(auto.model.pixel_mean).view(1, 3, 1, 1)
     x_np = x.numpy()
     rows["model_onnxruntime"] = median_ms(lambda: raw_sess.run(None, {"images": x_np}), args.warmup, args.iters)
 

@@ -45,16 +45,12 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import hardware_info, write_result  # first: also sets CUDA_HOME quietly
 
-from kernels import hardware_info, write_result  # noqa: E402
-
-import dsfd.ops as ops  # noqa: E402
-from dsfd.data_paths import wider_root  # noqa: E402
-from dsfd.training import ShardedBatchSampler, TrainConfig, Trainer  # noqa: E402
-from dsfd.training.trainer import fork_safe_iter  # noqa: E402
+import dsfd.ops as ops
+from dsfd.data_paths import wider_root
+from dsfd.training import ShardedBatchSampler, TrainConfig, Trainer
+from dsfd.training.trainer import fork_safe_iter
 
 PHASES = ("data", "h2d", "forward", "matching", "mining", "loss", "backward", "optimizer")
 

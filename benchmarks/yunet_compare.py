@@ -28,13 +28,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from fps import parse_res, test_images  # noqa: E402
-from kernels import hardware_info, write_result  # noqa: E402
-
-from dsfd.inference import Detector  # noqa: E402
+from common import hardware_info, parse_res, test_images, write_result
+from dsfd.inference import Detector
 
 
 def yunet_path() -> Path:
