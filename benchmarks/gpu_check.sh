@@ -29,7 +29,7 @@ if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   note "BUILD FAILED (see build.log)"; tail -40 "$OUT/build.log"; exit 1
 fi
 note "build: $(( $(date +%s) - start )) s"
-$PY -c "import dsfd.extension as e; e._assert_has_ops(); assert e.has_cuda_kernels(), 'no CUDA kernels'" 2>&1 | tee -a "$summary"
+$PY -c "import dsfd.ops, dsfd.extension as e; dsfd.ops.require_compiled(); assert e.has_cuda_kernels(), 'no CUDA kernels'" 2>&1 | tee -a "$summary"
 
 # CUDA op tests (each compares the CUDA kernel with the CPU kernel / reference / torchvision)
 timeout 240 $PY -m pytest tests/test_ops_boxes.py tests/test_ops_nms.py tests/test_ops_matching.py \

@@ -18,7 +18,7 @@ from dsfd.precision import auto_dtype, cpu_bf16_support, cpu_has_bf16, resolve_d
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    from dsfd.inference.detector import calibrate_random_model
+    from dsfd.models import calibrate_random_model
 
     return calibrate_random_model(build_model("paper", "tiny").eval())
 
@@ -82,19 +82,19 @@ def test_bf16_keeps_the_top_boxes_of_fp32():
     """
     import copy
 
-    from dsfd.inference.detector import _dead_leaves, _face_outputs, calibrate_random_model
+    from dsfd.models import calibrate_random_model, dead_leaves_image
     from dsfd.models.heads import decode_predictions
 
     torch.manual_seed(0)
     model = calibrate_random_model(build_model("released", "tiny").eval())
-    img = _dead_leaves(240, 320, seed=3)
+    img = dead_leaves_image(240, 320, seed=3)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
     with torch.inference_mode():
-        loc, conf, anchors = _face_outputs(model(x))
+        loc, conf, anchors = model.inference_shot(model(x))
         s32, b32 = decode_predictions(loc, conf, anchors)
         m16 = copy.deepcopy(model).to(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loc, conf, anchors = _face_outputs(m16(x.contiguous(memory_format=torch.channels_last)))
+            loc, conf, anchors = m16.inference_shot(m16(x.contiguous(memory_format=torch.channels_last)))
         s16, b16 = decode_predictions(loc, conf, anchors)
     top = s32[0].topk(50).indices
     iou = torchvision.ops.box_iou(b32[0, top], b16[0, top]).diagonal()
@@ -112,10 +112,10 @@ def test_detect_cli_reports_the_choice(tmp_path, monkeypatch, capsys):
     import cv2
 
     from dsfd.cli import main
-    from dsfd.inference.detector import _dead_leaves
+    from dsfd.models import dead_leaves_image
 
     img = tmp_path / "photo.jpg"
-    cv2.imwrite(str(img), _dead_leaves(96, 128, seed=1))
+    cv2.imwrite(str(img), dead_leaves_image(96, 128, seed=1))
     monkeypatch.setenv("DSFD_CPU_BF16", "1")
     out = tmp_path / "auto"
     with warnings.catch_warnings():
