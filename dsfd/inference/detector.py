@@ -28,11 +28,10 @@ with a fixed ``input_size`` every image is letterboxed into the same canvas
 alone or batched, so single and batched results are equal for any mix of
 sizes - also the mode for CUDA graphs and ``torch.compile``.
 
-The single-image path (:meth:`Detector.detect`) runs at the image's own size
-without padding (images smaller than :data:`MIN_INPUT_SIZE` are padded up),
-like the released test code. ``score_threshold`` (0.01, the evaluation
-setting) only decides what enters NMS; pass ``min_score=DISPLAY_SCORE``
-(0.5) to ``detect`` for a display-quality set of faces.
+:meth:`Detector.detect` runs at the image's own size (smaller than
+:data:`MIN_INPUT_SIZE`: padded up), like the released test code.
+``score_threshold`` (0.01) only decides what enters NMS; pass
+``min_score=DISPLAY_SCORE`` (0.5) to ``detect`` for display-quality faces.
 """
 
 from __future__ import annotations
