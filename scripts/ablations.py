@@ -8,7 +8,7 @@ an interrupted run and skips finished ones), each followed by a one-pass
 WIDER val evaluation. The results land in ``--json``; ``--table`` prints the
 README table (measured deltas next to the paper's).
 
-    python scripts/ablations.py --runs /work/runs/ablations --iters 600
+    python scripts/ablations.py --runs /work/runs/ablations --iters 400
     python scripts/ablations.py --runs /work/runs/ablations --table
 """
 
@@ -34,7 +34,7 @@ VARIANTS: Dict[str, List[str]] = {
     "no_das": ["--no-data-anchor-sampling"],      # IAM's data side off
     "full_seed1": ["--seed", "1"],                # the noise floor
     "s3fd_matching": ["--matching", "s3fd"],      # IAM's matching replaced by S3FD's
-    "no_fem": ["--no-fem"],                       # plain dual shot (no FEM)
+    "no_fem": ["--no-fem"],                       # plain dual shot (no FEM); last: the least central
 }
 
 DESCRIPTIONS = {
@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="training roots (default: ../shared/data/widerface and widerface_extra); "
                         "the first root's val split is evaluated")
     p.add_argument("--init-backbone", default=str(REPO / "dsfd" / "weights" / "default.pth"))
-    p.add_argument("--iters", type=int, default=600)
+    p.add_argument("--iters", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=640)
     p.add_argument("--lr", type=float, default=0.005)
