@@ -22,7 +22,13 @@ from dsfd.evaluation.wider import (
     save_wider_ground_truth,
     voc_ap,
 )
-from dsfd.io import read_prediction_file, read_prediction_folder, write_prediction_file, write_prediction_folder
+from dsfd.io import (
+    format_prediction_file,
+    read_prediction_file,
+    read_prediction_folder,
+    write_prediction_file,
+    write_prediction_folder,
+)
 
 GT_DIR = wider_root() / "ground_truth"
 FIXTURES = fixtures_root()
@@ -339,6 +345,7 @@ def test_write_prediction_file_rounding_and_roundtrip(tmp_path):
     assert p3.read_text().splitlines()[2] == "10.0 20.0 21.0 21.0 0.500000"
     p4 = write_prediction_file(tmp_path / "e.txt", "e", np.zeros((0, 4)), np.zeros(0))
     assert p4.read_text() == "e\n0\n"
+    assert format_prediction_file("0--Ev/x.jpg", boxes, scores) == p.read_text()  # the writer writes exactly this
 
 
 def test_tolerant_reading_and_missing_files(tmp_path):

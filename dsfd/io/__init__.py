@@ -16,6 +16,7 @@ from .images import (
     to_bgr_uint8,
 )
 from .wider_predictions import (
+    format_prediction_file,
     image_key,
     read_prediction_file,
     read_prediction_folder,
@@ -33,6 +34,7 @@ __all__ = [
     "is_image_path",
     "is_video_path",
     "image_key",
+    "format_prediction_file",
     "read_prediction_file",
     "read_prediction_folder",
     "write_prediction_file",

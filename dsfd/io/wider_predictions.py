@@ -23,6 +23,7 @@ __all__ = [
     "image_key",
     "read_prediction_file",
     "read_prediction_folder",
+    "format_prediction_file",
     "write_prediction_file",
     "write_prediction_folder",
     "wider_boxes_for_file",
@@ -132,16 +133,15 @@ def wider_boxes_for_file(boxes: np.ndarray, box_format: str = "xyxy", plus_one: 
     return np.stack([np.floor(x1), np.floor(y1), np.ceil(x2 - x1 + extra), np.ceil(y2 - y1 + extra)], axis=1)
 
 
-def write_prediction_file(
-    path: PathLike,
+def format_prediction_file(
     image_name: str,
     boxes: np.ndarray,
     scores: Optional[np.ndarray] = None,
     *,
     box_format: str = "xyxy",
     plus_one: bool = True,
-) -> Path:
-    """Write one WIDER prediction file, rounded like the released DSFD code.
+) -> str:
+    """The text of one WIDER prediction file, rounded like the released DSFD code.
 
     ``boxes`` is ``[K, 4]`` (``box_format`` ``"xyxy"`` or ``"xywh"``) with
     ``scores`` ``[K]``, or ``[K, 5]`` with the score last.  Coordinates are
@@ -168,9 +168,22 @@ def write_prediction_file(
     s = s[order]
     lines = [image_name, str(len(s))]
     lines += [f"{x:.1f} {y:.1f} {w:.1f} {h:.1f} {sc:.6f}" for (x, y, w, h), sc in zip(xywh.tolist(), s.tolist())]
+    return "\n".join(lines) + "\n"
+
+
+def write_prediction_file(
+    path: PathLike,
+    image_name: str,
+    boxes: np.ndarray,
+    scores: Optional[np.ndarray] = None,
+    *,
+    box_format: str = "xyxy",
+    plus_one: bool = True,
+) -> Path:
+    """Write :func:`format_prediction_file`'s text to ``path`` (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(format_prediction_file(image_name, boxes, scores, box_format=box_format, plus_one=plus_one))
     return path
 
 
