@@ -91,9 +91,9 @@ class PhaseTimer:
 def profiled_step(tr: Trainer, batch: Any, timer: PhaseTimer) -> float:
     """The trainer's step (``forward_loss`` + optimizer) split into phases; returns the loss."""
     with timer("h2d"):
-        images, gt_boxes, gt_counts = tr._to_device(batch)
+        images, gt_boxes, gt_counts = tr.to_device(batch)
     with timer("forward"):
-        with tr._autocast():
+        with tr.autocast():
             out = tr.model(images)
     crit = tr.criterion.shot_loss
     total: Optional[torch.Tensor] = None
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     def loader_iter(start: int = 0) -> Iterator[Any]:
         sampler = ShardedBatchSampler(len(tr.train_dataset), cfg.batch_size, seed=0, start_iteration=start)
-        return fork_safe_iter(tr._make_loader(tr.train_dataset, batch_sampler=sampler))
+        return fork_safe_iter(tr.make_loader(tr.train_dataset, batch_sampler=sampler))
 
     # 1) phase profile (synchronised markers)
     timer = PhaseTimer(device)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
+from .constants import BOX_VARIANCES
 from .ops import reference as ops_ref
 
 __all__ = ["MultiBoxLoss", "ProgressiveAnchorLoss", "MATCHING_PRESETS", "compensate_matches"]
@@ -60,7 +61,7 @@ def compensate_matches(
     loc_targets: Tensor,
     min_matches: int = 6,
     min_iou: float = 0.1,
-    variances: Tuple[float, float] = (0.1, 0.2),
+    variances: Tuple[float, float] = BOX_VARIANCES,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """S3FD's scale-compensation matching, applied after :func:`dsfd.ops.match_anchors`.
 
@@ -111,7 +112,7 @@ def compensate_matches(
         anchor, face = anchor[first], face[first]
         labels[b, anchor] = 1
         matched_gt[b, anchor] = face
-        loc_targets[b, anchor] = ops_ref.encode_boxes(gts[face], anchors[anchor].float(), variances).to(
+        loc_targets[b, anchor] = ops.encode_boxes(gts[face], anchors[anchor].float(), variances).to(
             loc_targets.dtype
         )
     return labels, matched_gt, loc_targets
@@ -134,15 +135,15 @@ class MultiBoxLoss(nn.Module):
             ``iou_threshold`` is given) and S3FD's compensation.
         compensation: override the preset's compensation target (faces with
             fewer positives get more, see :func:`compensate_matches`; 0: off).
-        use_reference_ops: match and mine with the plain-PyTorch
-            :mod:`dsfd.ops.reference` instead of the compiled kernels (tests).
+        use_reference_ops: match and mine inside :func:`dsfd.ops.use_reference`
+            (the plain-PyTorch references instead of the compiled kernels; tests).
     """
 
     def __init__(
         self,
         iou_threshold: Optional[float] = None,
         neg_pos_ratio: int = 3,
-        variances: Tuple[float, float] = (0.1, 0.2),
+        variances: Tuple[float, float] = BOX_VARIANCES,
         ignore_threshold: Optional[float] = None,
         use_reference_ops: bool = False,
         matching: str = "iam",
@@ -173,10 +174,11 @@ class MultiBoxLoss(nn.Module):
     @torch.no_grad()
     def match(self, anchors: Tensor, gt_boxes: Tensor, gt_counts: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``labels[B, A]`` (1 / 0 / -1), ``matched_gt[B, A]`` and encoded ``loc_targets[B, A, 4]``."""
-        impl = ops_ref if self.use_reference_ops else ops
-        labels, matched, loc_t = impl.match_anchors(
-            anchors, gt_boxes, gt_counts, self.iou_threshold, self.ignore_threshold, self.variances
-        )
+        # dsfd.ops decides compiled vs reference; the flag only forces the reference (tests)
+        with ops.use_reference(self.use_reference_ops):
+            labels, matched, loc_t = ops.match_anchors(
+                anchors, gt_boxes, gt_counts, self.iou_threshold, self.ignore_threshold, self.variances
+            )
         if self.compensation > 0:
             labels, matched, loc_t = compensate_matches(
                 anchors, gt_boxes, gt_counts, labels, matched, loc_t,
@@ -221,8 +223,8 @@ class MultiBoxLoss(nn.Module):
             conf.reshape(B * A, -1).float(), labels.clamp(min=0).reshape(-1), reduction="none"
         ).view(B, A)
         with torch.no_grad():
-            mine = ops_ref.hard_negative_mask if self.use_reference_ops else ops.hard_negative_mask
-            selected = mine(ce.detach(), labels, self.neg_pos_ratio)
+            with ops.use_reference(self.use_reference_ops):
+                selected = ops.hard_negative_mask(ce.detach(), labels, self.neg_pos_ratio)
 
         num_pos = pos.sum()
         denom = num_pos.clamp(min=1).to(torch.float32)
@@ -267,7 +269,7 @@ class ProgressiveAnchorLoss(nn.Module):
         lambda_: float = 1.0,
         iou_threshold: Optional[float] = None,
         neg_pos_ratio: int = 3,
-        variances: Tuple[float, float] = (0.1, 0.2),
+        variances: Tuple[float, float] = BOX_VARIANCES,
         ignore_threshold: Optional[float] = None,
         use_reference_ops: bool = False,
         matching: str = "iam",

@@ -60,6 +60,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..constants import BGR_MEAN
+
 __all__ = [
     "BGR_MEAN",
     "DAS_ANCHOR_SIZES",
@@ -69,8 +71,6 @@ __all__ = [
     "EvalTransform",
 ]
 
-#: Per-channel BGR mean subtracted from the 0-255 image.
-BGR_MEAN: Tuple[float, float, float] = (104.0, 117.0, 123.0)
 #: Target anchor sizes (pixels at the network input) of data-anchor-sampling.
 DAS_ANCHOR_SIZES: Tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 

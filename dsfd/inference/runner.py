@@ -281,10 +281,7 @@ def _write_image_outputs(opts: RunOptions, item: InputItem, image: np.ndarray, d
     kept = dets[dets[:, 4] >= opts.save_min]
     target = opts.out / item.rel
     if opts.format == "wider":
-        txt = target.with_suffix(".txt")
-        tmp = txt.with_name(f".{txt.name}.tmp{os.getpid()}")
-        _io().write_prediction_file(tmp, item.rel.as_posix(), kept)
-        os.replace(tmp, txt)  # atomic, like every other output
+        atomic_write_text(target.with_suffix(".txt"), _io().format_prediction_file(item.rel.as_posix(), kept))
     elif opts.format == "json":
         record = {"image": str(item.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
                   "min_score": opts.save_min, "detections": _records(dets, opts.save_min)}

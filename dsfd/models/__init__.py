@@ -52,10 +52,6 @@ from .weights import (
     load_weights,
 )
 
-# Hand-over (issue #16): dsfd.py is to declare ``class DSFD(PaperDSFDInterface, nn.Module)``;
-# until it does, the paper network takes its test-time interface here.
-if not issubclass(DSFD, PaperDSFDInterface):
-    DSFD.__bases__ = (PaperDSFDInterface,) + DSFD.__bases__
 
 __all__ = [
     "build_model",

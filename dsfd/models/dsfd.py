@@ -24,10 +24,12 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..constants import BGR_MEAN, BOX_VARIANCES
 from .anchors import ASPECT_RATIO, FIRST_SHOT_SIZES, SECOND_SHOT_SIZES, STEPS, AnchorGenerator
 from .backbones import BACKBONES, L2Norm, PathLike, build_backbone
 from .fem import FeatureEnhanceModule
 from .heads import DSFDHead, ShotOutput, decode_predictions
+from .interface import PaperDSFDInterface
 
 __all__ = [
     "DSFD",
@@ -39,8 +41,6 @@ __all__ = [
     "NETWORKS",
 ]
 
-#: Per-channel mean subtracted from BGR 0-255 inputs.
-BGR_MEAN: Tuple[float, float, float] = (104.0, 117.0, 123.0)
 NETWORKS: Tuple[str, ...] = ("paper", "released")
 
 
@@ -100,7 +100,7 @@ def _parse_shots(shots: ShotsArg, training: bool) -> Tuple[bool, bool]:
     return 1 in s, 2 in s
 
 
-class DSFD(nn.Module):
+class DSFD(PaperDSFDInterface, nn.Module):
     """Dual Shot Face Detector (paper version), https://arxiv.org/abs/1810.10220.
 
     Args:
@@ -159,7 +159,7 @@ class DSFD(nn.Module):
             raise ValueError(f"backbone gives {len(ch)} maps but {len(steps)} steps were given")
         self.backbone = backbone
         self.num_classes = num_classes
-        self.variances = (0.1, 0.2)
+        self.variances = BOX_VARIANCES
         self.use_fem = bool(fem)
         self.use_pal = bool(pal)
         #: Shots this network has (1: small anchors on the backbone maps, 2: the test-time shot).

@@ -382,7 +382,8 @@ class Trainer:
         for m in self.frozen_bn:
             m.eval()
 
-    def _make_loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+    def make_loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        """The DataLoader the trainer uses (workers, pinning, collate, worker init); ``kw`` go to DataLoader."""
         workers = int(self.cfg.workers)
         return DataLoader(
             dataset,
@@ -472,7 +473,8 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ steps
-    def _to_device(self, batch: Sequence[Any]) -> Tuple[Tensor, Tensor, Tensor]:
+    def to_device(self, batch: Sequence[Any]) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(images, gt_boxes, gt_counts)`` of a collated batch on the training device (and memory format)."""
         images, gt_boxes, gt_counts = batch[0], batch[1], batch[2]
         nb = self.device.type == "cuda"
         images = images.to(self.device, non_blocking=nb)
@@ -480,15 +482,16 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, gt_boxes.to(self.device, non_blocking=nb), gt_counts.to(self.device, non_blocking=nb)
 
-    def _autocast(self) -> Any:
+    def autocast(self) -> Any:
+        """The training precision's autocast context (a no-op in fp32)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def forward_loss(self, batch: Sequence[Any]) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Forward the network's shots and the globally normalised PAL loss of one (per-rank) batch."""
-        images, gt_boxes, gt_counts = self._to_device(batch)
-        with self._autocast():
+        images, gt_boxes, gt_counts = self.to_device(batch)
+        with self.autocast():
             out = self.ddp_model(images)
         return pal_loss(self.criterion, out.first, out.second, gt_boxes, gt_counts, self.info)
 
@@ -518,10 +521,10 @@ class Trainer:
         self.model.eval()
         try:
             if shard:
-                loader = self._make_loader(IndexSubset(self.val_dataset, shard), batch_size=self.local_batch)
+                loader = self.make_loader(IndexSubset(self.val_dataset, shard), batch_size=self.local_batch)
                 for batch in fork_safe_iter(loader):
-                    images, gt_boxes, gt_counts = self._to_device(batch)
-                    with self._autocast():
+                    images, gt_boxes, gt_counts = self.to_device(batch)
+                    with self.autocast():
                         out = self.model(images, shots=self.model.shots)
                     for k, shot in enumerate((out.first, out.second)):
                         if shot is None:
@@ -606,7 +609,7 @@ class Trainer:
         try:
             with self.stop:
                 if self.iteration < cfg.iters:
-                    loader_iter = fork_safe_iter(self._make_loader(self.train_dataset, batch_sampler=sampler))
+                    loader_iter = fork_safe_iter(self.make_loader(self.train_dataset, batch_sampler=sampler))
                 while self.iteration < cfg.iters:
                     if any_rank(self.stop.requested, info):
                         reason = "signal"
