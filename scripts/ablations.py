@@ -58,6 +58,13 @@ PAPER = {
 }
 
 
+def run_name(variant: str, seed: int) -> str:
+    """Folder of one run: the variant's name for seed 0, ``<variant>_s<seed>`` otherwise."""
+    if seed == 0:
+        return variant
+    return "full_seed1" if (variant, seed) == ("full", 1) else f"{variant}_s{seed}"
+
+
 def train_args(name: str, a: argparse.Namespace) -> List[str]:
     data = sum((["--data", d] for d in a.data), [])
     return [
@@ -66,12 +73,13 @@ def train_args(name: str, a: argparse.Namespace) -> List[str]:
         "--batch-size", str(a.batch_size), "--iters", str(a.iters), "--size", str(a.size),
         "--lr", str(a.lr), "--warmup-iters", str(max(1, a.iters // 12)), "--clip-grad", "10",
         "--workers", "1", "--val-every", "0", "--ckpt-every", "100", "--log-every", "20",
-        "--no-progress", "--resume", "auto", "--out", str(Path(a.runs) / name), *VARIANTS[name],
+        "--no-progress", "--resume", "auto", "--out", str(Path(a.runs) / run_name(name, a.seed)),
+        *VARIANTS[name], *(["--seed", str(a.seed)] if a.seed else []),
     ]
 
 
 def eval_args(name: str, a: argparse.Namespace) -> List[str]:
-    run = Path(a.runs) / name
+    run = Path(a.runs) / run_name(name, a.seed)
     return [
         sys.executable, "-m", "dsfd", "eval", "--weights", str(run / "final.pt"), "--data", a.data[0],
         "--split", "val", "--out", str(run / "eval"), "--no-plots", "--quiet",
@@ -79,7 +87,7 @@ def eval_args(name: str, a: argparse.Namespace) -> List[str]:
 
 
 def run_variant(name: str, a: argparse.Namespace) -> None:
-    run = Path(a.runs) / name
+    run = Path(a.runs) / run_name(name, a.seed)
     run.mkdir(parents=True, exist_ok=True)
     if not (run / "final.pt").exists():
         t0 = time.time()
@@ -92,51 +100,73 @@ def run_variant(name: str, a: argparse.Namespace) -> None:
         print(f"[{name}] evaluated in {time.time() - t0:.0f} s", flush=True)
 
 
+def _run_record(run: Path) -> Optional[Dict[str, object]]:
+    ap_file, log_file = run / "eval" / "ap.json", run / "log.jsonl"
+    if not ap_file.exists():
+        return None
+    ap = json.loads(ap_file.read_text())["ap"]
+    start = stop = None
+    for line in log_file.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "start" and start is None:
+            start = rec
+        if rec.get("type") == "stop":
+            stop = rec
+    return {
+        "ap": {k: round(v, 4) for k, v in ap.items()},
+        "seed": (start or {}).get("args", {}).get("seed"),
+        "parameters": start.get("parameters") if start else None,
+        "config": start.get("config") if start else None,
+        # wall time from the first start to the last stop (shared machine: not a speed measure)
+        "train_wall_seconds": round(stop["time"] - start["time"]) if start and stop else None,
+    }
+
+
 def collect(a: argparse.Namespace) -> Dict[str, object]:
+    """Every finished run, grouped by variant (seed 0 and any further seeds)."""
     results: Dict[str, object] = {}
     for name in VARIANTS:
-        ap_file = Path(a.runs) / name / "eval" / "ap.json"
-        log_file = Path(a.runs) / name / "log.jsonl"
-        if not ap_file.exists():
+        if name == "full_seed1":
+            continue  # folded into "full" as its seed 1
+        runs = []
+        for seed in range(0, 10):
+            r = _run_record(Path(a.runs) / run_name(name, seed))
+            if r is not None:
+                runs.append(r)
+        if not runs:
             continue
-        ap = json.loads(ap_file.read_text())["ap"]
-        start = stop = None
-        for line in log_file.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("type") == "start" and start is None:
-                start = rec
-            if rec.get("type") == "stop":
-                stop = rec
-        results[name] = {
-            "description": DESCRIPTIONS[name],
-            "switches": VARIANTS[name],
-            "ap": {k: round(v, 4) for k, v in ap.items()},
-            "parameters": start.get("parameters") if start else None,
-            "config": start.get("config") if start else None,
-            # wall time from the first start to the last stop (shared machine: not a speed measure)
-            "train_wall_seconds": round(stop["time"] - start["time"]) if start and stop else None,
-        }
+        mean = {k: round(sum(r["ap"][k] for r in runs) / len(runs), 4) for k in ("easy", "medium", "hard")}  # type: ignore[index]
+        results[name] = {"description": DESCRIPTIONS[name], "switches": VARIANTS[name], "runs": runs, "mean_ap": mean}
     return results
 
 
 def table(results: Dict[str, object]) -> str:
     def ap(n: str) -> Optional[List[float]]:
         r = results.get(n)
-        return None if r is None else [100 * r["ap"][k] for k in ("easy", "medium", "hard")]  # type: ignore[index]
+        return None if r is None else [100 * r["mean_ap"][k] for k in ("easy", "medium", "hard")]  # type: ignore[index]
 
-    lines = ["| variant | easy | medium | hard |", "|---|---|---|---|"]
-    for n in VARIANTS:
+    lines = ["| variant | seeds | easy | medium | hard | seed spread (hard) |", "|---|---|---|---|---|---|"]
+    for n, r in results.items():
         v = ap(n)
-        if v is not None:
-            lines.append(f"| {DESCRIPTIONS[n]} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} |")
+        runs = r["runs"]  # type: ignore[index]
+        hards = [100 * x["ap"]["hard"] for x in runs]
+        spread = f"{max(hards) - min(hards):.1f}" if len(hards) > 1 else "-"
+        lines.append(f"| {DESCRIPTIONS[n]} | {len(runs)} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | {spread} |")
     lines += ["", "| change | measured delta (easy / medium / hard) | paper delta |", "|---|---|---|"]
     for label, (lo, hi, paper) in PAPER.items():
+        if label.startswith("seed"):
+            continue
         a, b = ap(lo), ap(hi)
         if a is None or b is None:
             continue
         d = " / ".join(f"{y - x:+.1f}" for x, y in zip(a, b))
         p = " / ".join(f"{x:+.1f}" for x in paper) if paper else "-"
         lines.append(f"| {label} | {d} | {p} |")
+    full = results.get("full")
+    if full and len(full["runs"]) > 1:  # type: ignore[index]
+        r0, r1 = full["runs"][0]["ap"], full["runs"][1]["ap"]  # type: ignore[index]
+        d = " / ".join(f"{100 * (r1[k] - r0[k]):+.1f}" for k in ("easy", "medium", "hard"))
+        lines.append(f"| noise: full DSFD, seed 1 - seed 0 | {d} | - |")
     return "\n".join(lines)
 
 
@@ -151,6 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=640)
     p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0, help="training seed (runs of seed S > 0 go to <variant>_s<S>)")
     p.add_argument("--only", nargs="*", choices=list(VARIANTS), help="run only these variants")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "ablations_vm.json"))
     p.add_argument("--table", action="store_true", help="only collect the results and print the table")
