@@ -51,6 +51,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import numpy as np
 import torch
 
+from ..constants import DISPLAY_SCORE
+
 __all__ = [
     "RankInfo",
     "InputItem",
@@ -237,8 +239,8 @@ class RunOptions:
     out: Path
     format: str = "json"
     draw: bool = True
-    save_min: float = 0.5
-    draw_min: float = 0.5
+    save_min: float = DISPLAY_SCORE
+    draw_min: float = DISPLAY_SCORE
     batch_size: int = 4
     workers: int = 2
     resume: bool = False
