@@ -455,7 +455,8 @@ def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputIte
     decoder = _ImageDecoder([it for _, it in items])
 
     def decoded() -> Iterator[Tuple[int, np.ndarray]]:
-        for k, img, note in _loader(decoder, opts.workers):
+        # no worker processes to start for a single photo (the README's main command)
+        for k, img, note in _loader(decoder, min(opts.workers, max(0, len(items) - 1))):
             item = items[k][1]
             if img is None:
                 stats.skipped.append({"path": str(item.path), "reason": note or "unreadable"})
