@@ -303,6 +303,24 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_resume_redoes_inputs_committed_in_another_format_or_without_drawings(tmp_path):
+    photos = tmp_path / "photos"
+    make_photos(photos, 4)
+    items = items_of(photos)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        return run_detection(PixelDetector(), items, RunOptions(out=out, workers=0, progress=False, resume=True, **kw))
+
+    assert run(format="json", draw=False)["processed_this_run"] == 4
+    assert run(format="json", draw=False)["processed_this_run"] == 0
+    assert run(format="wider", draw=False)["processed_this_run"] == 4  # no .txt files yet
+    assert (out / "sub0" / "img_000.txt").exists()
+    assert run(format="coco", draw=False)["processed_this_run"] == 0  # the journal records are enough
+    assert run(format="wider", draw=True)["processed_this_run"] == 4  # the drawings are missing
+    assert run(format="wider", draw=False)["processed_this_run"] == 0
+
+
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:

@@ -483,6 +483,7 @@ def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputIte
                 continue
             faces = int((dets[:, 4] >= opts.draw_min).sum())
             journal.commit({"index": index, "rel": item.rel.as_posix(), "kind": "image", "image": str(item.path),
+                            "format": opts.format, "drawn": opts.draw,
                             "width": int(img.shape[1]), "height": int(img.shape[0]), "faces": faces,
                             "detections": _records(dets, opts.save_min)})
             stats.images += 1
@@ -548,6 +549,7 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
     if writer is not None:
         os.replace(video_tmp, base.with_suffix(".mp4"))
     journal.commit({"index": index, "rel": item.rel.as_posix(), "kind": "video", "video": str(item.path),
+                    "format": opts.format, "drawn": opts.draw,
                     "frames": frames, "faces": faces})
     stats.videos += 1
     stats.frames += frames
@@ -583,7 +585,7 @@ def _merge(opts: RunOptions, per_rank: List[Dict[str, Any]], info: RankInfo, ext
     records = sorted(committed.values(), key=lambda r: r["index"])
     if opts.format == "jsonl":
         atomic_write_text(opts.out / "detections.jsonl",
-                          "".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n"
+                          "".join(json.dumps({k: v for k, v in r.items() if k not in ("index", "format", "drawn")}) + "\n"
                                   for r in records if r.get("kind") == "image"))
     if opts.format == "coco":
         dataset, results = to_coco(records)
@@ -616,6 +618,15 @@ def _merge(opts: RunOptions, per_rank: List[Dict[str, Any]], info: RankInfo, ext
     return summary
 
 
+def _still_valid(record: Optional[Dict[str, Any]], opts: RunOptions) -> bool:
+    """Whether a committed input's outputs serve this run (same per-image files, drawings if asked for)."""
+    if record is None:
+        return False
+    if opts.format in ("json", "wider") and record.get("format") != opts.format:
+        return False  # its per-image file was written in another format (jsonl / coco need only the record)
+    return bool(record.get("drawn")) or not opts.draw
+
+
 def run_detection(
     detector: Any,
     items: Sequence[InputItem],
@@ -638,7 +649,7 @@ def run_detection(
     if opts.resume:
         done = committed_inputs(opts.out)
         before = len(mine)
-        mine = [(i, it) for i, it in mine if it.rel.as_posix() not in done]
+        mine = [(i, it) for i, it in mine if not _still_valid(done.get(it.rel.as_posix()), opts)]
         stats.resumed = before - len(mine)
     journal = _Journal(opts.out, info.rank, opts.resume)
     images = [(i, it) for i, it in mine if it.kind == "image"]
