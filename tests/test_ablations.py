@@ -8,7 +8,6 @@ the anchors matched.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -309,13 +309,14 @@ class _ImageDecoder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> Tuple[int, Optional[np.ndarray], Optional[str]]:
+    def __getitem__(self, k: int) -> Tuple[int, Optional[torch.Tensor], Optional[str]]:
         item = self.items[k]
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 img = _io().read_image(item.path)
-            return k, img, "; ".join(str(w.message) for w in caught) or None
+            # a tensor crosses from a worker through shared memory; an array would be pickled
+            return k, torch.from_numpy(img), "; ".join(str(w.message) for w in caught) or None
         except Exception as e:  # noqa: BLE001 - reported per input, the run goes on
             kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
             return k, None, f"{kind}{e}"
@@ -343,22 +344,22 @@ def size_batches(decoded: Iterable[Tuple[int, np.ndarray]], batch_size: int, win
     pending: List[Tuple[int, np.ndarray]] = []
     cap = max(batch_size, window * batch_size)
 
-    def key(img: np.ndarray) -> Tuple[float, float]:
-        h, w = img.shape[:2]
-        return (float(np.log(w / max(h, 1))), float(np.log(max(h * w, 1))))
+    keys: List[Tuple[float, float]] = []  # log aspect ratio and log area of each pending image
 
     def take() -> List[Tuple[int, np.ndarray]]:
-        anchor = key(pending[0][1])
-        order = sorted(range(len(pending)),
-                       key=lambda i: (abs(key(pending[i][1])[0] - anchor[0]), abs(key(pending[i][1])[1] - anchor[1]), i))
+        a0, s0 = keys[0]
+        order = sorted(range(len(pending)), key=lambda i: (abs(keys[i][0] - a0), abs(keys[i][1] - s0), i))
         chosen = sorted(order[:batch_size])
         out = [pending[i] for i in chosen]
         for i in reversed(chosen):
             pending.pop(i)
+            keys.pop(i)
         return out
 
     for entry in decoded:
+        h, w = entry[1].shape[:2]
         pending.append(entry)
+        keys.append((float(np.log(w / max(h, 1))), float(np.log(max(h * w, 1)))))
         if len(pending) >= cap:
             yield take()
     while pending:
@@ -464,7 +465,7 @@ def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputIte
                 continue
             if note:
                 stats.notes.append({"path": str(item.path), "note": note})
-            yield k, img
+            yield k, img.numpy()
 
     for batch in size_batches(decoded(), opts.batch_size, opts.window):
         results = _detect_many(detector, [img for _, img in batch])

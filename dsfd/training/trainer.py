@@ -58,6 +58,7 @@ from ..data_paths import wider_root
 from ..losses import ProgressiveAnchorLoss
 from ..data import collate_detection
 from ..models import build_model
+from ..models.weights import load_state_dict_checked, load_weights
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
@@ -257,14 +258,10 @@ class Trainer:
             raise ValueError("training needs the paper's network (--network paper)")
         model = build_model(cfg.network, cfg.backbone, **kw)
         if cfg.init_weights:
-            from ..models.weights import load_state_dict_checked, load_weights
-
             src = load_weights(cfg.init_weights, map_location="cpu")
             load_state_dict_checked(model, src.state_dict(), source=repr(str(cfg.init_weights)))
             del src
         if cfg.init_backbone:
-            from ..models.weights import load_state_dict_checked, load_weights
-
             src = load_weights(cfg.init_backbone, map_location="cpu")
             load_state_dict_checked(
                 model.backbone, src.backbone.state_dict(), source=f"the backbone of {str(cfg.init_backbone)!r}"
@@ -438,7 +435,6 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        from ..models.weights import load_state_dict_checked
 
         ckpt = load_checkpoint(path, map_location="cpu")
 
