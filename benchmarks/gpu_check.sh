@@ -1,55 +1,120 @@
 #!/usr/bin/env bash
 # One prepared GPU check for the device machine (one H200; Python 3.12 and its
-# own torch there): build the extension, run the CUDA tests against the CPU
-# kernels and references, benchmark the kernels, end-to-end FPS and a training
-# step. Everything lands in $OUT (default benchmarks/results/gpu_check/):
-#   summary.txt  the short table printed last
-#   build.log  tests.log  bench.log        full logs
-#   kernels_cuda.json  fem_cuda.json  fps_cuda.json  train_cuda.json
+# own torch there): build the extension, run every CUDA test against the CPU
+# kernels and references, run `dsfd detect` / `dsfd eval` / training / DDP on
+# the GPU, benchmark kernels, end-to-end FPS and training, profile. Stages:
 #
-#   OUT=/some/dir bash benchmarks/gpu_check.sh
-# On the device tool: run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
+#   build    setup.py build_ext --inplace (sm_90)
+#   tests    CUDA op tests, opcheck on CUDA, model / inference / training CUDA tests
+#   cli      dsfd detect on the GPU vs the CPU, dsfd eval of the default model (WIDER val subset)
+#   ddp      torchrun 2 ranks on the one GPU: a DDP training run (gloo: NCCL refuses two ranks
+#            on one device) and a sharded dsfd detect
+#   bench    kernels.py, fps.py (paper ResNet50 b1/b32, released ResNet152 b1, default b1/b64),
+#            train_profile.py (paper ResNet50 640x640 bf16)
+#   profile  gpu_profile.py (where a detect_batch call spends its time)
+#
+#   STAGES="build tests" OUT=/some/dir bash benchmarks/gpu_check.sh
+#
+# Everything lands in $WORK (default benchmarks/results/gpu_check/); with the
+# device tool's $OUT set, $OUT gets summary.txt and one gpu_check.tgz of all
+# logs and JSON (the tool returns at most 8 files). WIDER data: carry a small
+# copy (.gpu_data/widerface, made by benchmarks/gpu_data.py) or the data tests skip.
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".gpu_data"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results/gpu_check}
-mkdir -p "$OUT"
+STAGES=${STAGES:-"build tests cli bench ddp profile"}
+WORK=${WORK:-${OUT:+/tmp/gpu_check}}
+WORK=${WORK:-benchmarks/results/gpu_check}
+BUDGET=${BUDGET:-540}  # seconds for the whole script: stages are skipped when it runs out
+mkdir -p "$WORK"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-summary="$OUT/summary.txt"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg
+[ -d .gpu_data/widerface ] && export DSFD_WIDER_ROOT="$PWD/.gpu_data/widerface"
+summary="$WORK/summary.txt"
 : > "$summary"
+T0=$(date +%s)
 note() { echo "$*" | tee -a "$summary"; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+# run NAME SECONDS CMD...: a step with its own log and time limit (never longer than what is left)
+run() {
+  local name=$1 limit=$2; shift 2
+  local l; l=$(left)
+  if [ "$l" -lt 15 ]; then note "SKIP $name (budget spent)"; return 0; fi
+  [ "$limit" -gt "$l" ] && limit=$l
+  local s; s=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$WORK/$name.log" 2>&1
+  local rc=$?
+  note "$(printf '%-26s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - s ))" "$(tail -1 "$WORK/$name.log" | cut -c1-150)")"
+  return $rc
+}
+finish() {
+  note "total: $(( $(date +%s) - T0 )) s"
+  cp dsfd/_C*.so "$WORK/" 2>/dev/null  # the extension built there (a rerun with unchanged csrc/ can carry it)
+  if [ -n "${OUT:-}" ] && [ "$WORK" != "$OUT" ]; then
+    cp "$summary" "$OUT/summary.txt"
+    tar czf "$OUT/gpu_check.tgz" -C "$WORK" . 2>/dev/null
+  fi
+}
+trap finish EXIT
 
-note "== gpu_check $(date -u +%FT%TZ) =="
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$summary"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0))" 2>&1 | tee -a "$summary"
+note "== gpu_check $(date -u +%FT%TZ) stages: $STAGES =="
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$summary"
+$PY -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name(0))" 2>&1 | tee -a "$summary"
+note "WIDER root: ${DSFD_WIDER_ROOT:-none (data tests skip)}"
 
-start=$(date +%s)
-if ! $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-  note "BUILD FAILED (see build.log)"; tail -40 "$OUT/build.log"; exit 1
+if want build; then
+  run build 300 $PY setup.py build_ext --inplace || { note "BUILD FAILED"; grep -E "error|Error" "$WORK/build.log" | head -30 | tee -a "$summary"; exit 1; }
 fi
-note "build: $(( $(date +%s) - start )) s"
-$PY -c "import dsfd.ops, dsfd.extension as e; dsfd.ops.require_compiled(); assert e.has_cuda_kernels(), 'no CUDA kernels'" 2>&1 | tee -a "$summary"
+$PY -c "import dsfd.ops, dsfd.extension as e; dsfd.ops.require_compiled(); assert e.has_cuda_kernels(), 'no CUDA kernels'; print('dsfd._C with CUDA kernels loaded')" 2>&1 | tee -a "$summary"
 
-# CUDA op tests (each compares the CUDA kernel with the CPU kernel / reference / torchvision)
-timeout 240 $PY -m pytest tests/test_ops_boxes.py tests/test_ops_nms.py tests/test_ops_matching.py \
-  tests/test_ops_fem.py tests/test_ops_box_voting.py tests/test_ops_compile.py -q -rs -p no:cacheprovider \
-  > "$OUT/tests.log" 2>&1
-note "op tests: $(tail -1 "$OUT/tests.log")"
-grep -E "^FAILED|^ERROR" "$OUT/tests.log" | head -20 | tee -a "$summary"
-# the model / inference / training tests that have CUDA cases
-timeout 120 $PY -m pytest tests -q -rs -p no:cacheprovider -k "cuda" --ignore=tests/test_ops_boxes.py \
-  --ignore=tests/test_ops_nms.py --ignore=tests/test_ops_matching.py --ignore=tests/test_ops_fem.py \
-  --ignore=tests/test_ops_box_voting.py --ignore=tests/test_ops_compile.py >> "$OUT/tests.log" 2>&1
-note "other cuda tests: $(tail -1 "$OUT/tests.log")"
+PYTEST=($PY -m pytest -q -rs -p no:cacheprovider)
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 120)
+if want tests; then
+  # every kernel against the CPU kernel / reference / torchvision, on the GPU (and the CPU cases beside)
+  run test_ops 200 "${PYTEST[@]}" tests/test_ops_boxes.py tests/test_ops_nms.py tests/test_ops_matching.py \
+    tests/test_ops_fem.py tests/test_ops_box_voting.py tests/test_ops_compile.py
+  # the model / inference / training / loss tests with CUDA cases
+  run test_cuda_other 200 "${PYTEST[@]}" tests -k "cuda or gpu" --ignore=tests/test_ops_boxes.py \
+    --ignore=tests/test_ops_nms.py --ignore=tests/test_ops_matching.py --ignore=tests/test_ops_fem.py \
+    --ignore=tests/test_ops_box_voting.py --ignore=tests/test_ops_compile.py
+  grep -hE "^(FAILED|ERROR)" "$WORK"/test_*.log | head -30 | tee -a "$summary"
+fi
 
-{
-  timeout 150 $PY benchmarks/kernels.py --device cuda --out "$OUT/kernels_cuda.json"
-  timeout 150 $PY benchmarks/fem.py --device cuda --compile --out "$OUT/fem_cuda.json"
-  [ -f benchmarks/fps.py ] && timeout 150 $PY benchmarks/fps.py --device cuda --res vga --batch 1,16 --dtype float16 --out "$OUT/fps_cuda.json"
-  [ -f benchmarks/train_profile.py ] && timeout 90 $PY benchmarks/train_profile.py --device cuda --out "$OUT/train_cuda.json"
-} > "$OUT/bench.log" 2>&1
-grep -E "^(box_iou|decode_boxes|nms|batched_nms|match_anchors|hard_negative|upsample_mul|FEM)" "$OUT/bench.log" >> "$summary" || true
-grep -iE "fps|img/s|images/s" "$OUT/bench.log" | tail -12 >> "$summary"
-note "total: $(( $(date +%s) - start )) s"
-cat "$summary"
+if want cli; then
+  run detect_cli 120 bash -c "$PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cuda --out $WORK/det_gpu --quiet && \
+    $PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cpu --dtype float32 --out $WORK/det_cpu --quiet && \
+    $PY benchmarks/compare_detections.py $WORK/det_cpu $WORK/det_gpu"
+  if [ -n "${DSFD_WIDER_ROOT:-}" ]; then
+    run eval_default_gpu 150 $PY -m dsfd eval --weights default --data "$DSFD_WIDER_ROOT" --out "$WORK/eval_default" --quiet
+    grep -iE "easy|medium|hard" "$WORK/eval_default_gpu.log" | tail -4 >> "$summary"
+  fi
+fi
+
+if want bench; then
+  FPS=($PY benchmarks/fps.py --device cuda --res vga --dtype bfloat16 --cuda-graphs --iters 30 --warmup 5)
+  run fps_default 120 "${FPS[@]}" --weights default --batch 1,64 --out "$WORK/fps_cuda_vga_default.json"
+  run fps_resnet50 150 "${FPS[@]}" --network paper --backbone resnet50 --batch 1,32 --out "$WORK/fps_cuda_vga_paper_resnet50.json"
+  run fps_resnet152 120 "${FPS[@]}" --network released --backbone resnet152 --batch 1 --out "$WORK/fps_cuda_vga_released_resnet152.json"
+  grep -hE "^(dsfd|baseline)" "$WORK"/fps_*.log >> "$summary"
+  run kernels 120 $PY benchmarks/kernels.py --device cuda --quick --out "$WORK/kernels_cuda.json"
+  grep -E "^(box_iou|decode_boxes|nms|batched_nms|match_anchors|hard_negative|upsample_mul)" "$WORK/kernels.log" >> "$summary"
+  run train_profile 150 $PY benchmarks/train_profile.py --device cuda --backbone resnet50 --size 640 --batch-size 32 \
+    --amp bf16 --iters 15 --warmup 5 --out "$WORK/train_cuda_resnet50.json"
+  grep -A12 "^phase" "$WORK/train_profile.log" >> "$summary"
+fi
+
+if want ddp; then
+  run ddp_train 150 env DSFD_DIST_BACKEND=gloo $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dsfd train \
+    --data "${DSFD_WIDER_ROOT:-none}" --out "$WORK/ddp_run" --backbone lite --size 320 --batch-size 8 --iters 6 \
+    --device cuda --amp bf16 --workers 2 --val-every 0 --ckpt-every 0 --no-progress
+  run ddp_detect 120 env DSFD_DIST_BACKEND=gloo $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dsfd detect \
+    "${DSFD_WIDER_ROOT:-dsfd/assets}/WIDER_val/images/0--Parade" --device cuda --out "$WORK/ddp_detect" --no-draw --quiet
+fi
+
+if want profile; then
+  run profile_default_b1 90 $PY benchmarks/gpu_profile.py --weights default --batch 1 --cuda-graphs --out "$WORK/profile_default_b1.json"
+  run profile_default_b64 90 $PY benchmarks/gpu_profile.py --weights default --batch 64 --cuda-graphs --out "$WORK/profile_default_b64.json"
+  run profile_resnet50_b32 90 $PY benchmarks/gpu_profile.py --backbone resnet50 --batch 32 --cuda-graphs --out "$WORK/profile_resnet50_b32.json"
+fi

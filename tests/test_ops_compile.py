@@ -5,6 +5,7 @@ import torch
 
 import dsfd.ops.compiled as ops
 
+from conftest import cpu_and_cuda
 from helpers import random_anchors, random_boxes, random_gt
 
 
@@ -32,21 +33,36 @@ def samples():
     ]
 
 
+def _to(args, device):
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            t = a.detach().to(device)
+            out.append(t.requires_grad_(a.requires_grad))
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("op,args", samples(), ids=lambda x: str(x) if not isinstance(x, tuple) else "")
-def test_opcheck(op, args):
-    # schema, fake kernel, dispatch registrations (and autograd registration where present)
-    torch.library.opcheck(op, args)
+def test_opcheck(op, args, device):
+    # schema, fake kernel, dispatch registrations (and autograd registration where present);
+    # on CUDA this checks the fake kernels against the CUDA kernels' real outputs
+    torch.library.opcheck(op, _to(args, device))
 
 
-def test_opcheck_dynamic_shapes():
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck_dynamic_shapes(device):
     g = torch.Generator().manual_seed(1)
-    boxes, scores = random_boxes(30, generator=g), torch.rand(30, generator=g)
+    boxes, scores = random_boxes(30, generator=g).to(device), torch.rand(30, generator=g).to(device)
     torch.library.opcheck(torch.ops.dsfd.nms.default, (boxes, scores, 0.5))
     torch.library.opcheck(torch.ops.dsfd.box_voting.default, (boxes, scores, 0.3, 750))
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph_postprocess():
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_torch_compile_fullgraph_postprocess(device):
     """DSFD's post-processing traced whole by torch.compile (needs the fake kernels)."""
 
     def postprocess(loc, conf, anchors):
@@ -55,9 +71,9 @@ def test_torch_compile_fullgraph_postprocess():
         return ops.batched_nms(boxes, scores, 0.3, 0.05, 200, 50)
 
     g = torch.Generator().manual_seed(2)
-    anchors = random_anchors(500, generator=g)
-    loc = torch.randn(2, 500, 4, generator=g) * 0.1
-    conf = torch.randn(2, 500, 2, generator=g)
+    anchors = random_anchors(500, generator=g).to(device)
+    loc = (torch.randn(2, 500, 4, generator=g) * 0.1).to(device)
+    conf = torch.randn(2, 500, 2, generator=g).to(device)
     compiled = torch.compile(postprocess, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(loc, conf, anchors), postprocess(loc, conf, anchors)):
         assert torch.equal(got, want)

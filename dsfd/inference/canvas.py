@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["MIN_INPUT_SIZE", "Prepared", "as_hw", "prepare", "resize_by", "paste", "batch_meta"]
+__all__ = ["MIN_INPUT_SIZE", "Prepared", "as_hw", "prepare", "resize_by", "canvas_size", "paste", "batch_meta"]
 
 #: Inputs smaller than this (per side) are padded up to it (not resized).
 MIN_INPUT_SIZE: int = 32
@@ -83,16 +83,36 @@ def prepare(image: np.ndarray, input_size: Optional[Tuple[int, int]], max_size: 
     return Prepared(_resize(image, rw, rh), (h, w), (rw / w, rh / h))
 
 
-def paste(
-    images: Sequence[np.ndarray], input_size: Optional[Tuple[int, int]], pad_value: np.ndarray
-) -> Tuple[np.ndarray, bool]:
-    """Images top-left in a ``pad_value``-filled ``uint8 [B, H, W, 3]`` canvas: ``(canvas, padded)``."""
+def canvas_size(images: Sequence[np.ndarray], input_size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """``(H, W)`` of the canvas that holds ``images`` (``input_size`` when fixed)."""
     if input_size is not None:
-        H, W = input_size
-    else:
-        H = max(MIN_INPUT_SIZE, max(im.shape[0] for im in images))
-        W = max(MIN_INPUT_SIZE, max(im.shape[1] for im in images))
+        return input_size
+    return (max(MIN_INPUT_SIZE, max(im.shape[0] for im in images)),
+            max(MIN_INPUT_SIZE, max(im.shape[1] for im in images)))
+
+
+def paste(
+    images: Sequence[np.ndarray], input_size: Optional[Tuple[int, int]], pad_value: np.ndarray,
+    out: Optional["torch.Tensor"] = None,
+) -> Tuple[np.ndarray, bool]:
+    """Images top-left in a ``pad_value``-filled ``uint8 [B, H, W, 3]`` canvas: ``(canvas, padded)``.
+
+    ``out``: a CPU ``uint8`` tensor of the canvas shape to fill (e.g. pinned
+    memory for the copy to a GPU); the copies then run on torch's threads.
+    """
+    H, W = canvas_size(images, input_size)
     padded = any(im.shape[0] != H or im.shape[1] != W for im in images)
+    if out is not None:
+        import torch
+
+        if tuple(out.shape) != (len(images), H, W, 3) or out.dtype != torch.uint8:
+            raise ValueError(f"paste: out is {tuple(out.shape)} {out.dtype}, expected ({len(images)}, {H}, {W}, 3) uint8")
+        if padded:
+            out.copy_(torch.from_numpy(np.ascontiguousarray(pad_value, dtype=np.uint8)).view(1, 1, 1, 3)
+                      .expand_as(out))
+        for b, im in enumerate(images):
+            out[b, : im.shape[0], : im.shape[1]].copy_(torch.from_numpy(im))
+        return out.numpy(), padded
     if not padded:
         if len(images) == 1:
             return np.ascontiguousarray(images[0])[None], False

@@ -109,7 +109,9 @@ def _device_for(info: RankInfo, requested: Optional[str]) -> Optional[str]:
 
     if requested is not None or not info.distributed:
         return requested
-    return f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{info.local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: they share
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,10 +136,11 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            cuda = device is not None and str(device).startswith("cuda")
-            if cuda:
+            if device is not None and str(device).startswith("cuda"):
                 torch.cuda.set_device(torch.device(device))
-            dist.init_process_group("nccl" if cuda else "gloo")
+            # gloo even on GPUs: the ranks only exchange small summaries at the end, and gloo
+            # (unlike NCCL) lets several ranks share one GPU
+            dist.init_process_group("gloo")
             group = True
     try:
         return _run(args, info, items, skipped, ignored, device)

@@ -37,7 +37,7 @@ sizes - also the mode for CUDA graphs and ``torch.compile``.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from ..constants import DISPLAY_SCORE, VOTE_IOU_THRESHOLD
 from ..io import read_image, to_bgr_uint8
 from ..models.interface import DetectionModel
 from ..postprocess import PostProcessConfig, decode_detections, select_detections
-from .canvas import MIN_INPUT_SIZE, as_hw, batch_meta, paste, prepare, resize_by
+from .canvas import MIN_INPUT_SIZE, as_hw, batch_meta, canvas_size, paste, prepare, resize_by
 from .cuda_graphs import GraphCache
 from .multiscale import size_filter_mask, wider_test_passes
 from .padding import PaddingMask
@@ -112,7 +112,11 @@ class Detector:
         clip: clip boxes to the image.
         accuracy_mode: default of ``detect(..., accuracy_mode=...)`` and of
             ``__call__``: the released multi-scale + flip WIDER protocol.
-        model: an already built DSFD model to use instead of ``weights``.
+        model: an already built DSFD model to use instead of ``weights``
+            (with ``fold_batchnorm`` the detector works on a copy of it).
+        fold_batchnorm: fold every BatchNorm into the convolution before it
+            (:func:`dsfd.models.fusion.fold_batchnorm`; exact up to float
+            rounding, one pass over each activation less). Default on.
 
     Example::
 
@@ -141,6 +145,7 @@ class Detector:
         clip: bool = True,
         accuracy_mode: bool = False,
         model: Optional[nn.Module] = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         from ..precision import resolve_dtype
 
@@ -167,7 +172,17 @@ class Detector:
         self.model: DetectionModel = self._build_model(weights, network, backbone, model)
         if not isinstance(self.model, DetectionModel):
             raise TypeError(f"a {type(self.model).__name__} is not a DSFD network (dsfd.models.DetectionModel)")
-        self.model.eval().requires_grad_(False).to(self.device)
+        self.model.eval().requires_grad_(False)
+        self.folded_batchnorms = 0
+        if fold_batchnorm:
+            from ..models.fusion import fold_batchnorm as fold
+
+            if model is not None:  # the caller's network keeps its BatchNorms (it may train on)
+                import copy
+
+                self.model = copy.deepcopy(self.model)
+            self.folded_batchnorms = fold(self.model)
+        self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.model.pixel_mean, device=self.device).view(1, 3, 1, 1)
@@ -180,6 +195,7 @@ class Detector:
         self.compiled = bool(compile)
         self.cuda_graphs = bool(cuda_graphs)
         self._graphs = GraphCache(self.device)
+        self._staging: Dict[Tuple[int, int, int], List[Any]] = {}  # pinned canvases for the GPU, see _upload_canvas
 
     # ------------------------------------------------------------------ setup
 
@@ -357,6 +373,29 @@ class Detector:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
+    def _upload_canvas(self, images: Sequence[np.ndarray]) -> Tuple[Tensor, bool]:
+        """Paste into a reused pinned host canvas (torch's threads copy) and copy it to the GPU asynchronously.
+
+        The buffer is written again only after its last copy to the GPU has
+        finished (an event per buffer), so back-to-back calls never race.
+        """
+        B = len(images)
+        H, W = canvas_size(images, self.input_size)
+        key = (B, H, W)
+        entry = self._staging.pop(key, None)
+        if entry is None:
+            entry = [torch.empty((B, H, W, 3), dtype=torch.uint8, pin_memory=True), None]
+        elif entry[1] is not None:
+            entry[1].synchronize()
+        self._staging[key] = entry  # most recent last
+        while len(self._staging) > 2:
+            self._staging.pop(next(iter(self._staging)))
+        _, padded = paste(images, self.input_size, self._mean_u8, out=entry[0])
+        x = entry[0].to(self.device, non_blocking=True)
+        entry[1] = torch.cuda.Event()
+        entry[1].record(torch.cuda.current_stream(self.device))
+        return x, padded
+
     def _infer(
         self,
         images: Sequence[np.ndarray],
@@ -369,8 +408,11 @@ class Detector:
         With CUDA graphs the returned tensors are the graph's static outputs:
         copy them (``_to_host``) before the next call.
         """
-        canvas, padded = paste(images, self.input_size, self._mean_u8)
-        x = self._to_device(canvas)
+        if self.device.type == "cuda":
+            x, padded = self._upload_canvas(images)
+        else:
+            canvas, padded = paste(images, self.input_size, self._mean_u8)
+            x = self._to_device(canvas)
         meta = self._to_device(batch_meta(images, scales, orig_hw))
         if self.cuda_graphs and use_graphs:
             B, H, W = (int(v) for v in x.shape[:3])

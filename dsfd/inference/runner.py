@@ -5,7 +5,7 @@ The engine behind ``dsfd detect``. One process is the world of size 1; under
 every rank takes a deterministic share of the inputs (input ``i`` of the
 sorted list goes to rank ``i % WORLD_SIZE``), runs on ``cuda:LOCAL_RANK``
 when there are GPUs (the CPU otherwise), writes its own outputs, and rank 0
-merges them once every rank is done (gloo on CPU, NCCL on GPUs).
+merges them once every rank is done (over gloo, which lets ranks share a GPU).
 
 Commit protocol (what makes ``--resume`` safe after a kill, even SIGKILL):
 

@@ -3,7 +3,8 @@
 Launch with ``torchrun --nproc_per_node=G -m dsfd train ...`` (or
 ``--nnodes/--node_rank/--rdzv_endpoint`` for several nodes): the trainer
 reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment and
-initialises NCCL on GPUs, gloo on CPU. Only rank 0 writes checkpoints and logs.
+initialises NCCL on GPUs, gloo on CPU (``DSFD_DIST_BACKEND=gloo`` lets ranks share a
+GPU). Only rank 0 writes checkpoints and logs.
 
 Loss normalisation under DDP (see :func:`pal_loss`): DSFD's loss divides the
 summed per-anchor losses ``S`` by the number of positives ``N`` of the
@@ -33,6 +34,7 @@ from ..data import EpochRandomSampler
 __all__ = [
     "DistInfo",
     "init_distributed",
+    "dist_backend",
     "ShardedBatchSampler",
     "pal_loss",
     "all_reduce_sum",
@@ -59,6 +61,22 @@ class DistInfo:
         return self.rank == 0
 
 
+def dist_backend(device_type: str) -> str:
+    """NCCL on GPUs, gloo on CPU; ``DSFD_DIST_BACKEND`` (``nccl`` / ``gloo``) overrides.
+
+    gloo on GPUs is slower but lets several ranks share one GPU (NCCL refuses
+    two ranks on one device).
+    """
+    forced = os.environ.get("DSFD_DIST_BACKEND", "").strip().lower()
+    if forced:
+        if forced not in ("nccl", "gloo"):
+            raise ValueError(f"DSFD_DIST_BACKEND must be nccl or gloo, got {forced!r}")
+        if forced == "nccl" and device_type != "cuda":
+            raise ValueError("DSFD_DIST_BACKEND=nccl needs CUDA devices")
+        return forced
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group described by ``torchrun``'s environment (or the one already set up).
 
@@ -74,8 +92,15 @@ def init_distributed(device_type: str) -> DistInfo:
             return DistInfo()
         rank = int(os.environ["RANK"])
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = dist_backend(device_type)
         if device_type == "cuda":
+            gpus = torch.cuda.device_count()
+            if local >= gpus and backend == "nccl":
+                raise RuntimeError(
+                    f"LOCAL_RANK {local} but this node has {gpus} GPU(s): NCCL needs one GPU per rank. Start at "
+                    f"most {gpus} processes per node, or set DSFD_DIST_BACKEND=gloo to share GPUs between ranks"
+                )
+            local = local % max(gpus, 1)
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
     control = None
