@@ -52,8 +52,10 @@ __global__ void __launch_bounds__(kVoteThreads)
         const acc_t jx1 = boxes[4 * j], jy1 = boxes[4 * j + 1], jx2 = boxes[4 * j + 2] + 1, jy2 = boxes[4 * j + 3] + 1;
         const acc_t v = box_pair_iou<acc_t>(ix1, iy1, ix2, iy2, iarea, jx1, jy1, jx2, jy2, (jx2 - jx1) * (jy2 - jy1));
         if (!(v >= thr)) continue;
+        // alive[i] itself is never cleared: other warps may still be reading it at the top of
+        // this iteration (and later iterations never look back at it)
+        alive[j] = 0;
       }
-      alive[j] = 0;
       const double w = scores[j];
       local.x1 += w * boxes[4 * j];
       local.y1 += w * boxes[4 * j + 1];

@@ -39,8 +39,9 @@ __global__ void best_kernel(const acc_t* __restrict__ anchors, const scalar_t* _
     ay2 = cy + h / 2;
     aarea = (ax2 - ax1) * (ay2 - ay1);
   }
-  acc_t my_best = acc_t(-1);
-  int32_t my_gt = -1;
+  // Like the CPU kernel: with faces, start at (IoU 0, face 0), so a NaN IoU never leaves "no face"
+  acc_t my_best = count > 0 ? acc_t(0) : acc_t(-1);
+  int32_t my_gt = count > 0 ? 0 : -1;
   const unsigned lane = threadIdx.x & 31;
   for (int64_t g0 = 0; g0 < count; g0 += kGtTile) {
     const int64_t tile = cuda::imin(kGtTile, count - g0);

@@ -17,6 +17,7 @@
 #include <cub/cub.cuh>
 
 #include <limits>
+#include <type_traits>
 
 #include "../nms.h"
 #include "cuda_helpers.h"
@@ -27,18 +28,24 @@ namespace {
 constexpr int kTile = 64;  // boxes per mask word
 constexpr int kReduceThreads = 256;
 
+// Sort keys in the scores' math type (float, or double for float64 scores), so
+// the threshold test and the order match the CPU kernel exactly.
 template <typename scalar_t>
-__global__ void prepare_keys_kernel(const scalar_t* __restrict__ scores, float* __restrict__ keys,
+using key_type = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+template <typename scalar_t>
+__global__ void prepare_keys_kernel(const scalar_t* __restrict__ scores, key_type<scalar_t>* __restrict__ keys,
                                     int32_t* __restrict__ vals, int32_t* __restrict__ valid, int64_t N,
-                                    float score_threshold, bool use_threshold) {
+                                    double score_threshold, bool use_threshold) {
+  using key_t = key_type<scalar_t>;
   const int64_t b = blockIdx.y;
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   bool pass = false;
   if (i < N) {
-    // +0.0f folds -0.0 into +0.0: the radix sort orders by bits.
-    const float s = static_cast<float>(scores[b * N + i]) + 0.0f;
-    pass = use_threshold ? (s > score_threshold) : !isnan(s);
-    keys[b * N + i] = pass ? s : -std::numeric_limits<float>::infinity();
+    // +0 folds -0.0 into +0.0: the radix sort orders by bits.
+    const key_t s = static_cast<key_t>(scores[b * N + i]) + key_t(0);
+    pass = use_threshold ? (s > static_cast<key_t>(score_threshold)) : !isnan(s);
+    keys[b * N + i] = pass ? s : -std::numeric_limits<key_t>::infinity();
     vals[b * N + i] = static_cast<int32_t>(i);
   }
   const int block_count = __syncthreads_count(pass);
@@ -145,31 +152,33 @@ void batched_nms_cuda_into(const at::Tensor& boxes, const at::Tensor& scores, do
               " is above the CUDA kernel's limit of ", 48 * 1024 / 8 * kTile, " candidates per image");
   auto stream = cuda::stream();
   auto dev = boxes.options();
-  auto keys = at::empty({B, N}, dev.dtype(at::kFloat));
   auto vals = at::empty({B, N}, dev.dtype(at::kInt));
-  auto valid = at::zeros({B}, dev.dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "dsfd_nms_keys", [&] {
-    dim3 grid(cuda::ceil_div<int64_t>(N, cuda::kThreads), B);
-    prepare_keys_kernel<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
-        scores.data_ptr<scalar_t>(), keys.data_ptr<float>(), vals.data_ptr<int32_t>(), valid.data_ptr<int32_t>(), N,
-        static_cast<float>(score_threshold), use_threshold);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-
-  auto keys_sorted = at::empty_like(keys);
   auto vals_sorted = at::empty_like(vals);
+  auto valid = at::zeros({B}, dev.dtype(at::kInt));
   auto offsets = at::arange(0, (B + 1) * N, N, dev.dtype(at::kInt));
   const int num_items = static_cast<int>(B * N), num_segments = static_cast<int>(B);
-  size_t temp_bytes = 0;
-  C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      nullptr, temp_bytes, keys.data_ptr<float>(), keys_sorted.data_ptr<float>(), vals.data_ptr<int32_t>(),
-      vals_sorted.data_ptr<int32_t>(), num_items, num_segments, offsets.data_ptr<int32_t>(),
-      offsets.data_ptr<int32_t>() + 1, 0, 32, stream));
-  auto temp = at::empty({static_cast<int64_t>(temp_bytes)}, dev.dtype(at::kByte));
-  C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      temp.data_ptr(), temp_bytes, keys.data_ptr<float>(), keys_sorted.data_ptr<float>(), vals.data_ptr<int32_t>(),
-      vals_sorted.data_ptr<int32_t>(), num_items, num_segments, offsets.data_ptr<int32_t>(),
-      offsets.data_ptr<int32_t>() + 1, 0, 32, stream));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "dsfd_nms_keys", [&] {
+    using key_t = key_type<scalar_t>;
+    auto keys = at::empty({B, N}, dev.dtype(c10::CppTypeToScalarType<key_t>::value));
+    auto keys_sorted = at::empty_like(keys);
+    dim3 grid(cuda::ceil_div<int64_t>(N, cuda::kThreads), B);
+    prepare_keys_kernel<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
+        scores.data_ptr<scalar_t>(), keys.data_ptr<key_t>(), vals.data_ptr<int32_t>(), valid.data_ptr<int32_t>(), N,
+        score_threshold, use_threshold);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // stable segmented radix sort per image, descending: ties keep the lower index first
+    const int end_bit = static_cast<int>(sizeof(key_t) * 8);
+    size_t temp_bytes = 0;
+    C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        nullptr, temp_bytes, keys.data_ptr<key_t>(), keys_sorted.data_ptr<key_t>(), vals.data_ptr<int32_t>(),
+        vals_sorted.data_ptr<int32_t>(), num_items, num_segments, offsets.data_ptr<int32_t>(),
+        offsets.data_ptr<int32_t>() + 1, 0, end_bit, stream));
+    auto temp = at::empty({static_cast<int64_t>(temp_bytes)}, dev.dtype(at::kByte));
+    C10_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+        temp.data_ptr(), temp_bytes, keys.data_ptr<key_t>(), keys_sorted.data_ptr<key_t>(), vals.data_ptr<int32_t>(),
+        vals_sorted.data_ptr<int32_t>(), num_items, num_segments, offsets.data_ptr<int32_t>(),
+        offsets.data_ptr<int32_t>() + 1, 0, end_bit, stream));
+  });
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "dsfd_batched_nms_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

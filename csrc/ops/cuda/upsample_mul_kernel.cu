@@ -182,7 +182,8 @@ std::tuple<at::Tensor, at::Tensor> upsample_mul_backward_cuda(const at::Tensor& 
     }
     grad_up = acc.to(l.scalar_type());
   });
-  return {grad_up, grad_lat};
+  // each gradient in its input's layout, like the CPU kernel and the fake kernel
+  return {grad_up.contiguous(upper.suggest_memory_format()), grad_lat.contiguous(lateral.suggest_memory_format())};
 }
 
 }  // namespace
