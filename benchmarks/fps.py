@@ -49,6 +49,7 @@ import dsfd.ops
 from common import hardware_info, parse_res, require_compiled_ops, test_images, write_result
 from dsfd.inference import Detector
 from dsfd.models import build_model, calibrate_random_model, default_weights_path, load_weights
+from dsfd.constants import BACKBONES
 from dsfd.models.anchors import clear_anchor_cache
 from dsfd.postprocess import PostProcessConfig
 
@@ -283,7 +284,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dtype", choices=list(DTYPES), default="auto",
                         help="precision of the first dsfd path (default auto: what Detector picks by itself)")
     parser.add_argument("--network", choices=["paper", "released"], default="paper")
-    parser.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
+    parser.add_argument("--backbone", choices=list(BACKBONES),
                         default="resnet50")
     parser.add_argument("--weights", default=None,
                         help="weights file, or 'default' for the packaged default model (default: random weights "

@@ -17,6 +17,8 @@ __all__ = [
     "MAX_KEEP",
     "VOTE_IOU_THRESHOLD",
     "DISPLAY_SCORE",
+    "BACKBONES",
+    "MOBILE_BACKBONES",
 ]
 
 #: Per-channel mean subtracted from BGR 0-255 images (the networks' input normalisation).
@@ -39,3 +41,11 @@ VOTE_IOU_THRESHOLD: float = 0.3
 #: Score above which a detection is worth showing (drawing, JSON output); the
 #: raw output keeps everything above SCORE_THRESHOLD for evaluation.
 DISPLAY_SCORE: float = 0.5
+
+#: Backbone names of the paper network (:func:`dsfd.models.build_backbone`); here, in the leaf
+#: module, so the command lines can offer them without importing torch.
+BACKBONES: Tuple[str, ...] = (
+    "vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite", "mobilenet0.25", "mobilenetv2"
+)
+#: Backbones that start from pretrained mobile bodies (:mod:`dsfd.models.mobilenet`).
+MOBILE_BACKBONES: Tuple[str, ...] = ("mobilenet0.25", "mobilenetv2")

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..constants import BACKBONES
 from ..postprocess import PostProcessConfig
 
 __all__ = ["add_parser", "run"]
@@ -43,7 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="export a randomly initialised --network/--backbone network instead (for speed tests)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (forced with --weights; "
                    "with --random default paper)")
-    m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
+    m.add_argument("--backbone", choices=list(BACKBONES),
                    help="backbone (forced with --weights; with --random default tiny)")
     g = p.add_argument_group("graph")
     g.add_argument("--input-format", choices=["uint8", "float"], default="uint8",

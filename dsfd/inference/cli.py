@@ -46,7 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from ..constants import DISPLAY_SCORE
+from ..constants import BACKBONES, DISPLAY_SCORE
 from ..postprocess import PostProcessConfig
 from .runner import FORMATS, InputItem, RankInfo, RunOptions, atomic_write_text, collect_inputs, run_detection
 
@@ -67,7 +67,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "hub cache), checkpoint path or URL (default: the packaged default model)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (detected from --weights; "
                    "default paper without weights)")
-    m.add_argument("--backbone", choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"],
+    m.add_argument("--backbone", choices=list(BACKBONES),
                    help="backbone (detected from --weights; default resnet50 without weights)")
     m.add_argument("--device", default=None, help="cuda, cpu or cuda:N (default: cuda when available)")
     m.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",

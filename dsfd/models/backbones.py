@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint_reader import read_checkpoint
+from ..constants import BACKBONES, MOBILE_BACKBONES
 
 __all__ = [
     "L2Norm",
@@ -52,6 +53,7 @@ __all__ = [
     "LITE_BLOCKS",
     "RESNET_LAYERS",
     "BACKBONES",
+    "MOBILE_BACKBONES",
     "vgg16_layers",
     "make_extras",
     "scaled",
@@ -68,8 +70,7 @@ RESNET_LAYERS: Dict[str, Tuple[int, int, int, int]] = {
     "resnet152": (3, 8, 36, 3),
     "tiny": (1, 1, 1, 1),
 }
-#: Names accepted by :func:`build_backbone`.
-BACKBONES: Tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite")
+
 #: ``backbone="lite"``: channels of the six levels (strides 4, 8, ..., 128).
 #: Each is 32 or a multiple of 48, so the FEM's three branch widths
 #: (``C // 3``...) are at most 16 or multiples of 16: oneDNN's bf16
@@ -452,18 +453,31 @@ def build_backbone(
     conv6_dilation: int = 3,
     weights: Optional[PathLike] = None,
 ) -> nn.Module:
-    """Paper-style backbone by name (``vgg16``, ``resnet50/101/152``, ``tiny``, ``lite``).
+    """Paper-style backbone by name (``vgg16``, ``resnet50/101/152``, ``tiny``, ``lite``,
+    ``mobilenet0.25``, ``mobilenetv2``).
 
     Args:
         name: backbone name.
-        width_mult: width multiplier (default 1, or 1/8 for ``tiny``).
+        width_mult: width multiplier (default 1, or 1/8 for ``tiny``; the
+            mobile backbones have one width).
         conv6_dilation: VGG16 only.
-        weights: optional path to a local torchvision-format ImageNet
-            ``state_dict`` (see :func:`load_imagenet_weights`).
+        weights: pretrained weights to start from: a local torchvision-format
+            ImageNet ``state_dict`` for ResNet / VGG16 (see
+            :func:`load_imagenet_weights`); a RetinaFace MobileNet-0.25
+            checkpoint for ``mobilenet0.25``; ``"imagenet"`` or a local
+            torchvision ``mobilenet_v2`` file for ``mobilenetv2`` (see
+            :mod:`dsfd.models.mobilenet`).
     """
     name = name.lower()
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+    if name in MOBILE_BACKBONES:
+        from .mobilenet import MobileNetV1Backbone, MobileNetV2Backbone
+
+        if width_mult not in (None, 1, 1.0):
+            raise ValueError(f"backbone {name!r} has one width (the pretrained body's); width_mult must be 1")
+        cls = MobileNetV1Backbone if name == "mobilenet0.25" else MobileNetV2Backbone
+        return cls(weights=weights)
     if width_mult is None:
         width_mult = TINY_WIDTH_MULT if name == "tiny" else 1.0
     if name == "vgg16":

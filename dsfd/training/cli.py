@@ -31,6 +31,7 @@ import logging
 import sys
 from typing import List
 
+from ..constants import BACKBONES
 from .config import TrainConfig
 
 __all__ = ["add_parser", "run", "config_from_args"]
@@ -64,9 +65,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers per rank")
     m = p.add_argument_group("model")
     m.add_argument("--network", default=d.network, choices=["paper"], help="network (the dual-shot paper DSFD)")
-    m.add_argument("--backbone", default=d.backbone, choices=["vgg16", "resnet50", "resnet101", "resnet152", "tiny", "lite"])
+    m.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES))
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
-    m.add_argument("--backbone-weights", help="local torchvision-format ImageNet state_dict for the backbone")
+    m.add_argument("--backbone-weights", "--pretrained", dest="backbone_weights", help="pretrained backbone weights: a torchvision-format ImageNet state_dict (ResNet, VGG16), a RetinaFace MobileNet-0.25 checkpoint (mobilenet0.25), imagenet or a torchvision file (mobilenetv2)")
     m.add_argument("--fem-norm", action="store_true",
                    help="BatchNorm after every FEM conv (training from scratch; folded away on export)")
     m.add_argument("--weights", dest="init_weights",
