@@ -93,6 +93,26 @@ def image_records(out: Path) -> Dict[str, Dict[str, Any]]:
 # --------------------------------------------------------------------------- units
 
 
+def test_collect_inputs_follows_folder_links_and_stops_at_cycles(tmp_path):
+    """A data set whose event folders are symbolic links is found; a link back up the tree is entered once."""
+    real = tmp_path / "real"
+    make_photos(real, 4)  # real/sub0, real/sub1
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "event_a").symlink_to(real / "sub0", target_is_directory=True)
+    (dataset / "event_b").symlink_to(real / "sub1", target_is_directory=True)
+    (dataset / "event_b_again").symlink_to(real / "sub1", target_is_directory=True)  # same folder twice: once
+    (real / "sub0" / "loop").symlink_to(dataset, target_is_directory=True)  # a cycle through the links
+    items, skipped, _ = collect_inputs([dataset])
+    assert not skipped
+    names = sorted(it.rel.as_posix() for it in items)
+    assert names == ["event_a/img_000.jpg", "event_a/img_002.jpg", "event_b/img_001.jpg", "event_b/img_003.jpg"]
+    # a folder that is itself a link works too
+    link = tmp_path / "link_to_real"
+    link.symlink_to(real, target_is_directory=True)
+    assert len(collect_inputs([link])[0]) == 4
+
+
 def test_shard_is_a_deterministic_partition():
     items = list(range(23))
     for world in (1, 2, 3, 8):

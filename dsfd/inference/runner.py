@@ -137,8 +137,16 @@ def collect_inputs(paths: Sequence["os.PathLike[str]"]) -> Tuple[List[InputItem]
         p = Path(raw)
         if p.is_dir():
             found = False
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
+            # follow symbolic links to folders (a data set whose event folders are links), but enter
+            # each real folder once: a link back up the tree (a cycle) is not followed again
+            seen: set = set()
+            for root, dirs, files in os.walk(p, followlinks=True):
+                real = os.path.realpath(root)
+                if real in seen:
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen)
                 for f in sorted(files):
                     fp = Path(root) / f
                     ext = fp.suffix.lower()
