@@ -548,3 +548,43 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
     assert (out / "predictions" / "0--Ev" / "a.txt").read_text().splitlines()[2] == "10.0 10.0 21.0 21.0 0.900000"
     data = json.loads((out / "ap.json").read_text())
     assert data["ap"] == {s: 1.0 for s in SETTINGS}
+
+
+# --------------------------------------------------------------------------- drawn boxes
+
+
+def test_drawn_precision_recall_counts_hits_duplicates_misses_and_ignored_boxes():
+    from dsfd.evaluation import choose_display_threshold, drawn_precision_recall
+
+    # image a: faces 0 and 1 listed, face 2 not (e.g. a hard face when scoring medium)
+    gt = WiderGroundTruth(
+        events=["e", "e"], names=["a", "b"],
+        boxes=[np.array([[0, 0, 20, 20], [100, 100, 20, 20], [200, 200, 20, 20]]), np.array([[0, 0, 30, 30]])],
+        keep={"easy": [np.array([0]), np.array([0])], "medium": [np.array([0, 1]), np.array([0])],
+              "hard": [np.array([0, 1, 2]), np.array([0])]},
+    )
+    preds = {
+        "a": np.array([
+            [0, 0, 20, 20, 0.9],      # face 0: true positive
+            [1, 1, 20, 20, 0.8],      # face 0 again: a duplicate, false positive
+            [200, 200, 20, 20, 0.7],  # unlisted face 2: ignored
+            [400, 400, 20, 20, 0.6],  # nothing there: false positive
+            [100, 100, 20, 20, 0.3],  # face 1: true positive, low score
+        ]),
+        "b": np.zeros((0, 5)),  # face of b missed
+    }
+    curve = drawn_precision_recall(preds, gt, "medium")
+    assert curve.num_faces == 3
+    at = curve.at(0.5)  # boxes 0.9, 0.8, 0.6 count (0.7 ignored): 1 hit of 3 counted, 1 of 3 faces
+    assert (at["true_positives"], at["counted_boxes"]) == (1, 3)
+    assert at["precision"] == pytest.approx(1 / 3) and at["recall"] == pytest.approx(1 / 3)
+    at = curve.at(0.3)
+    assert (at["true_positives"], at["counted_boxes"]) == (2, 4)
+    assert curve.at(0.95)["counted_boxes"] == 0 and curve.at(0.95)["precision"] == 1.0
+    # the hard setting lists face 2: the 0.7 box becomes a hit instead of ignored
+    assert drawn_precision_recall(preds, gt, "hard").at(0.5)["true_positives"] == 2
+    # the threshold with the highest F1 (0.3: P 0.5, R 0.67), or the lowest reaching a precision
+    assert choose_display_threshold(curve) == pytest.approx(0.3)
+    assert choose_display_threshold(curve, min_precision=0.9) == pytest.approx(0.81)
+    with pytest.raises(ValueError, match="setting"):
+        drawn_precision_recall(preds, gt, "tiny")

@@ -4,6 +4,8 @@
   (prediction files are read and written by :mod:`dsfd.io.wider_predictions`).
 * :mod:`dsfd.evaluation.fddb` - FDDB fold files, rasterised ellipse overlaps,
   bipartite matching, ROC.
+* :mod:`dsfd.evaluation.display` - precision / recall of the boxes drawn at a
+  score threshold, and a model's drawing threshold.
 * :mod:`dsfd.evaluation.plots` - PR / ROC PNGs.
 * :mod:`dsfd.evaluation.cli` - the ``dsfd eval`` subcommand.
 
@@ -20,6 +22,7 @@ from .fddb import (
     read_fddb_image_list,
     write_fddb_detections,
 )
+from .display import DrawnCurve, choose_display_threshold, drawn_precision_recall
 from .plots import plot_fddb_roc, plot_wider_pr
 from .wider import (
     SETTINGS,
@@ -32,6 +35,9 @@ from .wider import (
 )
 
 __all__ = [
+    "DrawnCurve",
+    "drawn_precision_recall",
+    "choose_display_threshold",
     "SETTINGS",
     "WiderGroundTruth",
     "WiderResult",

@@ -33,7 +33,7 @@ takes every ``WORLD_SIZE``-th input on ``cuda:LOCAL_RANK`` (or the CPU), and
 rank 0 merges.
 
 Thresholds: ``--score-threshold`` (0.01) is the detector's pre-NMS cut;
-``--min-score`` is the cut for drawing and saving (default 0.5; for
+``--min-score`` is the cut for drawing and saving (default: the model's own threshold; for
 ``--format wider`` everything is saved by default, as the evaluation needs).
 """
 
@@ -76,7 +76,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d = p.add_argument_group("detection")
     PostProcessConfig.add_arguments(d)
     d.add_argument("--min-score", type=float, default=None,
-                   help=f"drawing / saving threshold (default {DISPLAY_SCORE}; --format wider saves all by default)")
+                   help=f"drawing / saving threshold (default: the model's own, stored with its weights and chosen from "
+                        f"its PR curve; {DISPLAY_SCORE} for weights without one; --format wider saves all by default)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test of the released WIDER protocol (~11 passes per image, slow)")
     d.add_argument("--batch-size", type=int, default=4,
@@ -169,11 +170,13 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
 
-    fmt_default = 0.0 if args.format == "wider" else DISPLAY_SCORE
+    # the model's own drawing threshold (stored with its weights), unless --min-score says otherwise
+    display = detector.display_score
+    fmt_default = 0.0 if args.format == "wider" else display
     opts = RunOptions(
         out=args.out, format=args.format, draw=not args.no_draw,
         save_min=fmt_default if args.min_score is None else args.min_score,
-        draw_min=DISPLAY_SCORE if args.min_score is None else args.min_score,
+        draw_min=display if args.min_score is None else args.min_score,
         batch_size=args.batch_size, resume=args.resume, progress=not args.quiet,
         # measured on a 2-core CPU: 2 workers gave 0.86x the images/s of none (benchmarks/detect_pipeline.py)
         workers=args.workers if args.workers is not None else (2 if detector.device.type == "cuda" else 0),

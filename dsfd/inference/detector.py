@@ -173,6 +173,9 @@ class Detector:
         if not isinstance(self.model, DetectionModel):
             raise TypeError(f"a {type(self.model).__name__} is not a DSFD network (dsfd.models.DetectionModel)")
         self.model.eval().requires_grad_(False)
+        #: Score from which a face is drawn / saved by default: the model's own threshold
+        #: (stored with its weights, chosen from its PR curve) or :data:`DISPLAY_SCORE`.
+        self.display_score = float(getattr(self.model, "display_score", None) or DISPLAY_SCORE)
         self.folded_batchnorms = 0
         if fold_batchnorm:
             from ..models.fusion import fold_batchnorm as fold
@@ -256,8 +259,9 @@ class Detector:
                 gray, RGBA, 16-bit and float in ``[0, 1]`` are converted, see
                 :mod:`dsfd.io.images`), or an image file path.
             color: ``"bgr"`` or ``"rgb"`` channel order of an array input.
-            min_score: drop detections scoring below (e.g. :data:`DISPLAY_SCORE`);
-                default: keep everything above ``score_threshold``.
+            min_score: drop detections scoring below, e.g. :attr:`display_score`
+                (the model's drawing threshold); default: keep everything above
+                ``score_threshold`` (what an evaluation wants).
             accuracy_mode: run the multi-scale + flip protocol
                 (:meth:`detect_multiscale`); default: the detector's setting.
 

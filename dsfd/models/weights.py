@@ -308,4 +308,7 @@ def load_weights(
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot build the model for {src} from {kwargs}: {e}") from e
     load_state_dict_checked(model, {k: v.to(device) for k, v in sd.items()}, source=src)
+    if config is not None and config.get("display_score") is not None:
+        # the model's own drawing threshold, chosen from its PR curve (see dsfd.evaluation.display_threshold)
+        model.display_score = float(config["display_score"])
     return model.eval()
