@@ -7,6 +7,7 @@ Examples::
     dsfd detect clip.mp4 --out out --batch-size 16           # -> out/clip.mp4 (annotated) + out/clip.jsonl
     dsfd detect photos/ --out run --format coco --no-draw --resume            # continue a killed run
     torchrun --nproc_per_node 8 -m dsfd detect photos/ --out run --format jsonl  # 8 ranks, one merged result
+    dsfd detect party/ street.mp4 --out public --anonymize blur  # copies with every face blurred
 
 Inputs: image files, folders (searched recursively for image and video
 extensions; other files are ignored and counted) and video files (read with
@@ -14,13 +15,15 @@ extensions; other files are ignored and counted) and video files (read with
 files given directly are written as ``<out>/<name>``, files found in a folder
 keep their path relative to that folder.
 
-Per image: the annotated image (boxes with scores, unless ``--no-draw``) and,
+Per image: the annotated image (boxes with scores; with ``--anonymize
+blur|pixelate|box`` the faces hidden instead, see
+:mod:`dsfd.inference.anonymize`; none with ``--no-draw``) and,
 by ``--format``: ``<name>.json`` (``{"image", "width", "height",
 "detections": [{"box": [x1, y1, x2, y2], "score"}]}``), the WIDER FACE
 prediction file ``<name>.txt`` (``wider``), one line of the merged
 ``detections.jsonl`` (``jsonl``) or an entry of ``coco_results.json`` /
 ``coco_images.json`` (``coco``, for pycocotools and FiftyOne). Per video:
-``<name>.mp4`` annotated and ``<name>.jsonl``, one JSON line per frame.
+``<name>.mp4`` annotated or anonymised (same frame rate and size) and ``<name>.jsonl``, one JSON line per frame.
 ``summary.json`` lists what was processed (per rank and in all) and every
 skipped input with the reason; the exit code is 0 when nothing was skipped,
 1 otherwise, 2 for usage errors.
@@ -48,6 +51,7 @@ from typing import Any, Optional
 
 from ..constants import BACKBONES, DISPLAY_SCORE
 from ..postprocess import PostProcessConfig
+from .anonymize import ANONYMIZE_METHODS, DEFAULT_MARGIN
 from .runner import FORMATS, InputItem, RankInfo, RunOptions, atomic_write_text, collect_inputs, run_detection
 
 __all__ = ["add_parser", "run", "collect_inputs", "InputItem"]
@@ -88,6 +92,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="json: <name>.json per image; wider: WIDER FACE .txt files; jsonl: one merged "
                         "detections.jsonl; coco: coco_results.json + coco_images.json (default json)")
     o.add_argument("--no-draw", action="store_true", help="do not write annotated images / videos")
+    o.add_argument("--anonymize", choices=list(ANONYMIZE_METHODS), default=None,
+                   help="write copies of the photos / videos with every kept face hidden (blurred, pixelated or "
+                        "covered by a black box) instead of boxed; faces from --min-score (default: the model's "
+                        "drawing threshold)")
+    o.add_argument("--anonymize-margin", type=float, default=DEFAULT_MARGIN, metavar="M",
+                   help=f"grow each face box by M times its width / height on every side before hiding it, "
+                        f"so hair and chin edges are covered (default {DEFAULT_MARGIN})")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     r = p.add_argument_group("large runs")
     r.add_argument("--workers", type=int, default=None,
@@ -121,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
         return _error("--batch-size must be >= 1")
     if args.workers is not None and args.workers < 0:
         return _error("--workers must be >= 0")
+    if args.anonymize and args.no_draw:
+        return _error("--anonymize writes anonymised copies; it cannot be combined with --no-draw")
+    if args.anonymize_margin < 0:
+        return _error("--anonymize-margin must be >= 0")
     try:
         info = RankInfo.from_env()
     except ValueError as e:
@@ -178,6 +193,7 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         save_min=fmt_default if args.min_score is None else args.min_score,
         draw_min=display if args.min_score is None else args.min_score,
         batch_size=args.batch_size, resume=args.resume, progress=not args.quiet,
+        anonymize=args.anonymize, margin=args.anonymize_margin,
         # measured on a 2-core CPU: 2 workers gave 0.86x the images/s of none (benchmarks/detect_pipeline.py)
         workers=args.workers if args.workers is not None else (2 if detector.device.type == "cuda" else 0),
     )

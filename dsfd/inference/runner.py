@@ -52,6 +52,9 @@ import numpy as np
 import torch
 
 from ..constants import DISPLAY_SCORE
+from .anonymize import DEFAULT_MARGIN
+from .outputs import (FORMATS, OutputOptions, VideoPictureWriter, atomic_write_bytes, atomic_write_text,
+                      detection_records, to_coco, write_image_outputs, write_run_files)
 
 __all__ = [
     "RankInfo",
@@ -68,8 +71,6 @@ __all__ = [
 ]
 
 JOURNAL_DIR = "_journal"
-FORMATS = ("json", "wider", "jsonl", "coco")
-_WRITABLE = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # --------------------------------------------------------------------------- ranks
@@ -179,22 +180,6 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> List[Tuple[int, A
 # --------------------------------------------------------------------------- atomic files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers (and a resumed run) never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 # --------------------------------------------------------------------------- journals
 
 
@@ -254,55 +239,30 @@ class RunOptions:
     resume: bool = False
     progress: bool = True
     window: int = 4  # decoded images waiting to be batched, in batches
+    anonymize: Optional[str] = None  # the picture hides the faces (blur / pixelate / box) instead of boxing them
+    margin: float = DEFAULT_MARGIN
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
+        if self.anonymize is not None and not self.draw:
+            raise ValueError("anonymize writes anonymised copies: it cannot be combined with draw=False")
+        self.output = OutputOptions(self.out, self.format, (self.anonymize or "boxes") if self.draw else None,
+                                    self.save_min, self.draw_min, self.margin)
+
+    @property
+    def picture(self) -> Optional[str]:
+        """What each input's picture shows: ``boxes``, ``blur``, ``pixelate``, ``box``, or ``None``."""
+        return self.output.picture
 
 
 def _io() -> Any:
     from .. import io
 
     return io
-
-
-def _drawing() -> Any:
-    from . import drawing
-
-    return drawing
-
-
-def _drawn_name(rel: Path) -> Path:
-    return rel if rel.suffix.lower() in _WRITABLE else rel.with_suffix(".png")
-
-
-def _records(dets: np.ndarray, min_score: float) -> List[Dict[str, Any]]:
-    return list(_drawing().detections_to_records(dets[dets[:, 4] >= min_score]))
-
-
-def _write_image_outputs(opts: RunOptions, item: InputItem, image: np.ndarray, dets: np.ndarray) -> None:
-    import cv2
-
-    kept = dets[dets[:, 4] >= opts.save_min]
-    target = opts.out / item.rel
-    if opts.format == "wider":
-        atomic_write_text(target.with_suffix(".txt"), _io().format_prediction_file(item.rel.as_posix(), kept))
-    elif opts.format == "json":
-        record = {"image": str(item.path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-                  "min_score": opts.save_min, "detections": _records(dets, opts.save_min)}
-        atomic_write_text(target.with_suffix(".json"), json.dumps(record))
-    if opts.draw:
-        drawn = _drawing().draw_detections(image, dets, min_score=opts.draw_min)
-        name = _drawn_name(item.rel)
-        ok, buf = cv2.imencode(name.suffix, drawn)
-        if not ok:
-            raise OSError(f"could not encode {name}")
-        atomic_write_bytes(opts.out / name, buf.tobytes())
 
 
 # --------------------------------------------------------------------------- pipelined decoding
@@ -485,24 +445,22 @@ def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputIte
                                       "reason": f"detection failed: {type(dets).__name__}: {dets}"})
                 continue
             try:
-                _write_image_outputs(opts, item, img, dets)
+                write_image_outputs(opts.output, item.rel, img, dets, item.path)
             except Exception as e:  # noqa: BLE001
                 stats.skipped.append({"path": str(item.path),
                                       "reason": f"writing outputs failed: {type(e).__name__}: {e}"})
                 continue
             faces = int((dets[:, 4] >= opts.draw_min).sum())
             journal.commit({"index": index, "rel": item.rel.as_posix(), "kind": "image", "image": str(item.path),
-                            "format": opts.format, "drawn": opts.draw,
+                            "format": opts.format, "drawn": opts.draw, "picture": opts.picture,
                             "width": int(img.shape[1]), "height": int(img.shape[0]), "faces": faces,
-                            "detections": _records(dets, opts.save_min)})
+                            "detections": detection_records(dets, opts.save_min)})
             stats.images += 1
             stats.faces += faces
 
 
 def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, journal: _Journal, stats: _Stats,
                on_batch: Optional[Callable[[int], None]] = None) -> None:
-    import cv2
-
     ok, fps, total = _video_meta(item.path)
     if not ok:
         stats.skipped.append({"path": str(item.path), "reason": "cannot open video"})
@@ -511,8 +469,7 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
     base.parent.mkdir(parents=True, exist_ok=True)
     lines_path = base.with_suffix(".jsonl")
     partial = lines_path.with_name(lines_path.name + ".partial")
-    video_tmp = base.with_name(f".{base.stem}.mp4.partial.mp4")
-    writer = None
+    picture = VideoPictureWriter(opts.output, base, fps)
     frames = faces = 0
     from tqdm.auto import tqdm
 
@@ -529,12 +486,8 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
                 results = detector.detect_batch(frames_np)
                 for frame, dets in zip(frames_np, results):
                     lines.write(json.dumps({"frame": frames, "time_s": round(frames / fps, 4),
-                                            "detections": _records(dets, opts.save_min)}) + "\n")
-                    if opts.draw:
-                        if writer is None:
-                            h, w = frame.shape[:2]
-                            writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                        writer.write(_drawing().draw_detections(frame, dets, min_score=opts.draw_min))
+                                            "detections": detection_records(dets, opts.save_min)}) + "\n")
+                    picture.write(frame, dets)
                     faces += int((dets[:, 4] >= opts.draw_min).sum())
                     frames += 1
                 lines.flush()
@@ -545,61 +498,29 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
         error = f"video failed after {frames} frames: {type(e).__name__}: {e}"
     finally:
         bar.close()
-        if writer is not None:
-            writer.release()
+        picture.close()
     if error is None and frames == 0:
         error = "no frames could be read"
     if error is not None:
         stats.skipped.append({"path": str(item.path), "reason": error})
-        for p in (partial, video_tmp):
-            p.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        picture.discard()
         return
     os.replace(partial, lines_path)
-    if writer is not None:
-        os.replace(video_tmp, base.with_suffix(".mp4"))
+    picture.finish()
     journal.commit({"index": index, "rel": item.rel.as_posix(), "kind": "video", "video": str(item.path),
-                    "format": opts.format, "drawn": opts.draw,
+                    "format": opts.format, "drawn": opts.draw, "picture": opts.picture,
                     "frames": frames, "faces": faces})
     stats.videos += 1
     stats.frames += frames
     stats.faces += faces
 
 
-def to_coco(records: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    """COCO image list (with the face category) and results from committed image records.
-
-    Image ids are the inputs' global indices + 1, so they do not depend on
-    the number of ranks. Boxes become ``[x, y, width, height]`` in pixels.
-    """
-    images, results = [], []
-    for rec in sorted(records, key=lambda r: r["index"]):
-        if rec.get("kind") != "image":
-            continue
-        image_id = int(rec["index"]) + 1
-        images.append({"id": image_id, "file_name": rec["rel"], "width": rec["width"], "height": rec["height"],
-                       "path": rec["image"]})
-        for d in rec["detections"]:
-            x1, y1, x2, y2 = d["box"]
-            results.append({"image_id": image_id, "category_id": 1,
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": d["score"]})
-    dataset = {"info": {"description": "dsfd detect inputs"}, "images": images,
-               "categories": [{"id": 1, "name": "face", "supercategory": "person"}], "annotations": []}
-    return dataset, results
-
-
 def _merge(opts: RunOptions, per_rank: List[Dict[str, Any]], info: RankInfo, extra: Dict[str, Any]) -> Dict[str, Any]:
     """Rank 0: the merged outputs of all ranks, and the summary."""
     committed = committed_inputs(opts.out)
     records = sorted(committed.values(), key=lambda r: r["index"])
-    if opts.format == "jsonl":
-        atomic_write_text(opts.out / "detections.jsonl",
-                          "".join(json.dumps({k: v for k, v in r.items() if k not in ("index", "format", "drawn")}) + "\n"
-                                  for r in records if r.get("kind") == "image"))
-    if opts.format == "coco":
-        dataset, results = to_coco(records)
-        atomic_write_text(opts.out / "coco_images.json", json.dumps(dataset))
-        atomic_write_text(opts.out / "coco_results.json", json.dumps(results))
+    write_run_files(opts.output, records)
     seconds = max((r["seconds"] for r in per_rank), default=0.0)
     done_now = sum(r["images"] + r["frames"] for r in per_rank)
     skipped = [s for r in per_rank for s in r["skipped"]]
@@ -633,7 +554,11 @@ def _still_valid(record: Optional[Dict[str, Any]], opts: RunOptions) -> bool:
         return False
     if opts.format in ("json", "wider") and record.get("format") != opts.format:
         return False  # its per-image file was written in another format (jsonl / coco need only the record)
-    return bool(record.get("drawn")) or not opts.draw
+    if opts.picture is None:
+        return True
+    # journals written before pictures had kinds hold only "drawn" (boxes)
+    done = record.get("picture", "boxes" if record.get("drawn") else None)
+    return done == opts.picture
 
 
 def run_detection(
