@@ -7,7 +7,15 @@ dsfd/weights/default.json recording how the weights were made (training command,
 evaluation numbers passed in).
 
     python scripts/export_default_model.py RUN_DIR/final.pt --log RUN_DIR/log.jsonl \
-        --eval-json EVAL_DIR/ap.json [--fp16]
+        --eval-json EVAL_DIR/ap.json --predictions EVAL_DIR/predictions [--stage-log EARLIER/log.jsonl] [--fp16]
+
+``--predictions`` (the WIDER prediction folder ``dsfd eval`` wrote for the
+val subset) chooses the model's drawing threshold: the raw score with the best
+F1 of the boxes a plain ``dsfd detect`` keeps against the WIDER *medium* faces
+(:mod:`dsfd.evaluation.display`); it is stored in the checkpoint's config
+(``display_score``, what ``Detector`` and ``dsfd detect`` draw from) with the
+precision and recall there. The pretrained file a run started from
+(``--pretrained``) is recorded with its sha256.
 """
 
 from __future__ import annotations
@@ -65,6 +73,70 @@ def _train_command(run_args: dict) -> str:
     return " ".join(parts)
 
 
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _training_record(log: str) -> dict:
+    """What one training run did, from its log.jsonl (the last start holds the final arguments)."""
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    starts = [r for r in rows if r.get("type") == "start"]
+    start = starts[-1] if starts else {}
+    train = [r for r in rows if r.get("type") == "train"]
+    val = [r for r in rows if r.get("type") == "val"]
+    run_args = start.get("args") or {}
+    record = {
+        "args": run_args,
+        "command": _train_command(run_args),
+        "data_roots": start.get("data_roots"),
+        "starts": [{"iter": r.get("iter"), "iters": (r.get("args") or {}).get("iters"),
+                    "lr_steps": (r.get("args") or {}).get("lr_steps"), "time": _iso(r["time"])}
+                   for r in starts],
+        "amp": start.get("amp"),
+        "channels_last": start.get("channels_last"),
+        "hardware": start.get("hardware") or _hardware(start),
+        "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
+        "started": _iso(rows[0]["time"]) if rows else None,
+        "finished": _iso(rows[-1]["time"]) if rows else None,
+        "iterations": train[-1]["iter"] if train else None,
+        "images_per_s": (sum(r["images_per_s"] for r in train) / len(train)) if train else None,
+        "first_train_loss": train[0]["total"] if train else None,
+        "last_train_loss": train[-1]["total"] if train else None,
+        "val_loss": [{"iter": r["iter"], "total": r["total"]} for r in val],
+    }
+    init = run_args.get("backbone_weights")
+    if init:
+        record["pretrained"] = {"spec": init}
+        if os.path.isfile(init):
+            record["pretrained"].update({"file": os.path.basename(init), "sha256": _sha256(init),
+                                         "bytes": os.path.getsize(init)})
+    if run_args.get("init_weights"):
+        record["initialised_from"] = run_args["init_weights"]
+    return record
+
+
+def _display_threshold(predictions: str) -> dict:
+    """The drawing threshold from a WIDER prediction folder of the val subset (max F1 on medium faces)."""
+    from dsfd.evaluation import choose_display_threshold, drawn_precision_recall, load_wider_ground_truth
+    from dsfd.io import read_prediction_folder
+
+    preds, _ = read_prediction_folder(predictions)
+    gt = load_wider_ground_truth()
+    curve = drawn_precision_recall(preds, gt, "medium")
+    t = choose_display_threshold(curve)
+    return {"rule": "highest F1 of the boxes scoring >= t against the WIDER medium faces of the val subset "
+                    "(IoU 0.5; boxes on unlisted faces count neither way)",
+            **curve.at(t),
+            "curve": [{"threshold": float(x), "precision": round(float(p), 4), "recall": round(float(r), 4)}
+                      for x, p, r in zip(curve.thresholds, curve.precision, curve.recall)]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
@@ -73,6 +145,10 @@ def main() -> int:
     p.add_argument("--eval-json-accuracy-mode", help="ap.json of `dsfd eval --accuracy-mode`")
     p.add_argument("--note", action="append", default=[], help="a sentence to record (repeatable)")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
+    p.add_argument("--predictions", help="WIDER prediction folder of the val subset: chooses the drawing threshold")
+    p.add_argument("--display-score", type=float, help="the drawing threshold, instead of --predictions' choice")
+    p.add_argument("--stage-log", action="append", default=[],
+                   help="log.jsonl of an earlier stage this run continued from (repeatable, oldest first)")
     p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
     args = p.parse_args()
 
@@ -87,6 +163,10 @@ def main() -> int:
     if fold_error > 1e-4:
         raise SystemExit(f"folding the FEM norms changed the face scores by {fold_error:.3g}")
     config = dict(model.config)
+    drawing = _display_threshold(args.predictions) if args.predictions else None
+    if args.display_score is not None or drawing is not None:
+        config["display_score"] = float(args.display_score if args.display_score is not None
+                                        else drawing["threshold"])
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -111,30 +191,11 @@ def main() -> int:
         "exported_on": {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()},
     }
     if args.log:
-        rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
-        starts = [r for r in rows if r.get("type") == "start"]
-        # the last start holds the arguments the run finished with (a resume may change the schedule)
-        start = starts[-1] if starts else {}
-        train = [r for r in rows if r.get("type") == "train"]
-        val = [r for r in rows if r.get("type") == "val"]
-        record["training"] = {
-            "args": start.get("args"),
-            "command": _train_command(start.get("args") or {}),
-            "data_roots": start.get("data_roots"),
-            "starts": [{"iter": r.get("iter"), "iters": (r.get("args") or {}).get("iters"),
-                        "lr_steps": (r.get("args") or {}).get("lr_steps"), "time": _iso(r["time"])}
-                       for r in starts],
-            "amp": start.get("amp"),
-            "channels_last": start.get("channels_last"),
-            "hardware": start.get("hardware") or _hardware(start),
-            "wall_seconds": (rows[-1]["time"] - rows[0]["time"]) if rows else None,
-            "started": _iso(rows[0]["time"]) if rows else None,
-            "finished": _iso(rows[-1]["time"]) if rows else None,
-            "images_per_s": (sum(r["images_per_s"] for r in train) / len(train)) if train else None,
-            "first_train_loss": train[0]["total"] if train else None,
-            "last_train_loss": train[-1]["total"] if train else None,
-            "val_loss": [{"iter": r["iter"], "total": r["total"]} for r in val],
-        }
+        record["training"] = _training_record(args.log)
+    if args.stage_log:
+        record["earlier_stages"] = [_training_record(log) for log in args.stage_log]
+    if drawing is not None:
+        record["drawing"] = drawing
     if args.eval_json:
         record["evaluation"] = json.loads(Path(args.eval_json).read_text())
     if args.eval_json_accuracy_mode:
