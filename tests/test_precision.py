@@ -126,3 +126,24 @@ def test_detect_cli_reports_the_choice(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "fp32" / "summary.json").read_text())["dtype"] == "float32"
     printed = capsys.readouterr().out
     assert "ran on cpu in bfloat16 (channels_last)" in printed and "ran on cpu in float32" in printed
+
+
+def test_bf16_detector_stores_conv_weights_in_bf16_with_the_same_results(tiny_model):
+    """Conv weights are cast once at construction instead of by autocast on every call; outputs are identical."""
+    from torch import nn
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    precast = Detector(model=tiny_model, device="cpu", dtype=torch.bfloat16)
+    convs = [m for m in precast.model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    # the caller's network is untouched (the detector works on a copy)
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    per_call = Detector(model=tiny_model, device="cpu", dtype=torch.bfloat16)
+    for m in per_call.model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.float()  # autocast casts these on every call, as before
+    a, b = precast.detect(img), per_call.detect(img)
+    assert len(a) > 0 and np.array_equal(a, b)
+    fp32 = Detector(model=tiny_model, device="cpu", dtype=torch.float32)
+    assert all(m.weight.dtype == torch.float32 for m in fp32.model.modules() if isinstance(m, nn.Conv2d))

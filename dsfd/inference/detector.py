@@ -185,6 +185,16 @@ class Detector:
 
                 self.model = copy.deepcopy(self.model)
             self.folded_batchnorms = fold(self.model)
+        if self.dtype in (torch.bfloat16, torch.float16):
+            if model is not None and not fold_batchnorm:
+                import copy
+
+                self.model = copy.deepcopy(self.model)
+            # autocast would cast every conv weight again on every call (its weight cache only keeps
+            # tensors that require grad): store them in the autocast precision once - same numbers
+            for m in self.model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    m.to(self.dtype)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
