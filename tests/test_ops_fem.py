@@ -76,6 +76,45 @@ def test_upsample_mul_channels_last_and_dtypes(device):
         torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol * 4)
 
 
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("up_hw,lat_hw", SHAPES)
+@pytest.mark.parametrize("layouts", [("cl", "cl"), ("nchw", "cl"), ("cl", "nchw")])
+def test_upsample_mul_channels_last_paths_match_reference(device, up_hw, lat_hw, layouts):
+    """The NHWC kernels (lateral channels_last) and the mixed layouts: forward, both gradients, output layout."""
+    g = torch.Generator().manual_seed(4)
+    fmt = {"cl": CL, "nchw": torch.contiguous_format}
+    upper = torch.randn(2, 5, *up_hw, generator=g).to(device).contiguous(memory_format=fmt[layouts[0]])
+    lateral = torch.randn(2, 5, *lat_hw, generator=g).to(device).contiguous(memory_format=fmt[layouts[1]])
+    grad = torch.randn(2, 5, *lat_hw, generator=g).to(device)
+    for align_corners, relu in [(False, True), (True, False)]:
+        results = []
+        for fn in (ops.upsample_mul, ref.upsample_mul):
+            u, l = upper.clone().requires_grad_(), lateral.clone().requires_grad_()
+            out = fn(u, l, align_corners, relu)
+            out.backward(grad)
+            results.append((out, u.grad, l.grad))
+        (out, gu, gl), (r_out, r_gu, r_gl) = results
+        if layouts[1] == "cl":
+            assert out.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(out, r_out, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(gu, r_gu, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gl, r_gl, rtol=1e-5, atol=1e-5)
+        assert gu.is_contiguous(memory_format=fmt[layouts[0]]) and gl.is_contiguous(memory_format=fmt[layouts[1]])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_upsample_mul_gradcheck_channels_last(device):
+    g = torch.Generator().manual_seed(5)
+    upper = torch.randn(2, 3, 3, 4, generator=g, dtype=torch.float64).to(device).contiguous(memory_format=CL)
+    lateral = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64).to(device).contiguous(memory_format=CL)
+    for relu in (False, True):
+        assert torch.autograd.gradcheck(lambda u, l: ops.upsample_mul(u, l, False, relu),
+                                        (upper.requires_grad_(), lateral.requires_grad_()))
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_upsample_mul_empty_batch(device):
     upper = torch.zeros(0, 3, 2, 2, device=device, requires_grad=True)

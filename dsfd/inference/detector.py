@@ -184,6 +184,8 @@ class Detector:
                 import copy
 
                 self.model = copy.deepcopy(self.model)
+            if hasattr(self.model, "fold_fem_norm"):
+                self.model.fold_fem_norm()  # a --fem-norm training checkpoint's FEM BatchNorms (no-op otherwise)
             self.folded_batchnorms = fold(self.model)
         if self.dtype in (torch.bfloat16, torch.float16):
             if model is not None and not fold_batchnorm:
@@ -199,6 +201,9 @@ class Detector:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.model.pixel_mean, device=self.device).view(1, 3, 1, 1)
+        self._low_precision_input = self.dtype in (torch.bfloat16, torch.float16) and all(
+            float(v).is_integer() and abs(v) <= 256 for v in self.model.pixel_mean)
+        self._mean_low = self._mean.to(self.dtype) if self._low_precision_input else self._mean
         # the padding value: exactly zero after normalisation
         self._mean_u8 = np.array([round(v) for v in self.model.pixel_mean], dtype=np.uint8)
         self._padding = PaddingMask(
@@ -440,8 +445,18 @@ class Detector:
         return self._pipeline(x, meta, padded)
 
     def network_input(self, images_u8: Tensor) -> Tensor:
-        """A device ``uint8 [B, H, W, 3]`` BGR batch -> the network's input (float, minus the pixel mean)."""
-        x = images_u8.permute(0, 3, 1, 2).float() - self._mean  # NHWC storage: channels_last already
+        """A device ``uint8 [B, H, W, 3]`` BGR batch -> the network's input (minus the pixel mean).
+
+        float32; or, under bf16 / fp16 autocast with an integer mean, already in
+        that precision: ``0..255`` minus an integer mean is an integer in
+        ``-255..255``, exact in both, so this is what the first convolution's
+        autocast cast would give, one full-size conversion pass earlier.
+        """
+        x = images_u8.permute(0, 3, 1, 2)  # NHWC storage: channels_last already
+        if self._low_precision_input:
+            x = x.to(self.dtype) - self._mean_low
+        else:
+            x = x.float() - self._mean
         return x if self.channels_last else x.contiguous()
 
     def run_network(self, x: Tensor, cache_enabled: bool = True) -> Any:

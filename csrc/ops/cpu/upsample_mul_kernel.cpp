@@ -1,6 +1,8 @@
-// CPU kernels for dsfd::upsample_mul (+ backward). Works on NCHW planes;
-// channels_last inputs are converted and the result is returned in the
-// lateral map's memory format.
+// CPU kernels for dsfd::upsample_mul (+ backward), on NCHW planes or, when the
+// lateral map is channels_last (the layout of bf16 inference and training on
+// the CPU), directly on NHWC rows: converting a channels_last map to NCHW and
+// back cost more than the op itself. The result has the lateral map's memory
+// format.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -79,6 +81,127 @@ void forward_impl(const scalar_t* up, const scalar_t* lat, scalar_t* out, int64_
   });
 }
 
+// NHWC: a row of the map is W * C contiguous values. Each upper row is first
+// interpolated horizontally to W positions (h x W x C buffer per image), then
+// every output row blends two of them and multiplies by the lateral row.
+template <typename scalar_t>
+void forward_impl_nhwc(const scalar_t* up, const scalar_t* lat, scalar_t* out, int64_t B, int64_t C, int64_t h,
+                       int64_t w, int64_t H, int64_t W, bool align_corners, bool relu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto ty = make_taps<acc_t>(h, H, align_corners);
+  const auto tx = make_taps<acc_t>(w, W, align_corners);
+  std::vector<acc_t> rows(B * h * W * C);
+  at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bk = begin; bk < end; ++bk) {
+      const scalar_t* src = up + bk * w * C;
+      acc_t* dst = rows.data() + bk * W * C;
+      for (int64_t x = 0; x < W; ++x) {
+        const auto& s = tx[x];
+        const scalar_t* __restrict__ a = src + s.i0 * C;
+        const scalar_t* __restrict__ b = src + s.i1 * C;
+        acc_t* __restrict__ d = dst + x * C;
+        for (int64_t c = 0; c < C; ++c) d[c] = acc_t(a[c]) * s.w0 + acc_t(b[c]) * s.w1;
+      }
+    }
+  });
+  const int64_t row = W * C;
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t by = begin; by < end; ++by) {
+      const int64_t b = by / H, y = by % H;
+      const auto& t = ty[y];
+      const acc_t* __restrict__ r0 = rows.data() + (b * h + t.i0) * row;
+      const acc_t* __restrict__ r1 = rows.data() + (b * h + t.i1) * row;
+      const scalar_t* __restrict__ lr = lat + by * row;
+      scalar_t* __restrict__ orow = out + by * row;
+      const acc_t w0 = t.w0, w1 = t.w1;
+      if (relu) {
+        for (int64_t i = 0; i < row; ++i) {
+          const acc_t prod = (r0[i] * w0 + r1[i] * w1) * acc_t(lr[i]);
+          orow[i] = static_cast<scalar_t>(prod > 0 ? prod : acc_t(0));
+        }
+      } else {
+        for (int64_t i = 0; i < row; ++i) orow[i] = static_cast<scalar_t>((r0[i] * w0 + r1[i] * w1) * acc_t(lr[i]));
+      }
+    }
+  });
+}
+
+// NHWC backward: grad_lat row by row (parallel over rows); grad_upper
+// accumulated per image in an h x w x C buffer (parallel over images, so no
+// two threads add into the same buffer).
+template <typename scalar_t>
+void backward_impl_nhwc(const scalar_t* grad, const scalar_t* up, const scalar_t* lat, const scalar_t* out,
+                        scalar_t* grad_up, scalar_t* grad_lat, int64_t B, int64_t C, int64_t h, int64_t w, int64_t H,
+                        int64_t W, bool align_corners, bool relu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto ty = make_taps<acc_t>(h, H, align_corners);
+  const auto tx = make_taps<acc_t>(w, W, align_corners);
+  const int64_t row = W * C;
+  // the upsampled upper map, row by row, as in the forward
+  std::vector<acc_t> rows(B * h * row);
+  at::parallel_for(0, B * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bk = begin; bk < end; ++bk) {
+      const scalar_t* src = up + bk * w * C;
+      acc_t* dst = rows.data() + bk * row;
+      for (int64_t x = 0; x < W; ++x) {
+        const auto& s = tx[x];
+        for (int64_t c = 0; c < C; ++c) dst[x * C + c] = acc_t(src[s.i0 * C + c]) * s.w0 + acc_t(src[s.i1 * C + c]) * s.w1;
+      }
+    }
+  });
+  // gl = g * up(upper); gu_rows[y] = g * lat (the gradient reaching the upsampled map), masked by the ReLU
+  std::vector<acc_t> gmul(B * H * row);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t by = begin; by < end; ++by) {
+      const int64_t b = by / H, y = by % H;
+      const auto& t = ty[y];
+      const acc_t* r0 = rows.data() + (b * h + t.i0) * row;
+      const acc_t* r1 = rows.data() + (b * h + t.i1) * row;
+      const scalar_t* g = grad + by * row;
+      const scalar_t* l = lat + by * row;
+      const scalar_t* o = out + by * row;
+      scalar_t* gl = grad_lat + by * row;
+      acc_t* gm = gmul.data() + by * row;
+      for (int64_t i = 0; i < row; ++i) {
+        acc_t gk = g[i];
+        if (relu && !(acc_t(o[i]) > 0)) gk = 0;
+        gl[i] = static_cast<scalar_t>(gk * (r0[i] * t.w0 + r1[i] * t.w1));
+        gm[i] = gk * acc_t(l[i]);
+      }
+    }
+  });
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(h * w * C);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t y = 0; y < H; ++y) {
+        const auto& t = ty[y];
+        const acc_t* gm = gmul.data() + (b * H + y) * row;
+        acc_t* a0 = acc.data() + t.i0 * w * C;
+        acc_t* a1 = acc.data() + t.i1 * w * C;
+        for (int64_t x = 0; x < W; ++x) {
+          const auto& s = tx[x];
+          const acc_t* gx = gm + x * C;
+          const acc_t w00 = t.w0 * s.w0, w01 = t.w0 * s.w1, w10 = t.w1 * s.w0, w11 = t.w1 * s.w1;
+          acc_t* a00 = a0 + s.i0 * C;
+          acc_t* a01 = a0 + s.i1 * C;
+          acc_t* a10 = a1 + s.i0 * C;
+          acc_t* a11 = a1 + s.i1 * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t v = gx[c];
+            a00[c] += w00 * v;
+            a01[c] += w01 * v;
+            a10[c] += w10 * v;
+            a11[c] += w11 * v;
+          }
+        }
+      }
+      scalar_t* gu = grad_up + b * h * w * C;
+      for (int64_t i = 0; i < h * w * C; ++i) gu[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
 template <typename scalar_t>
 void backward_impl(const scalar_t* grad, const scalar_t* up, const scalar_t* lat, const scalar_t* out,
                    scalar_t* grad_up, scalar_t* grad_lat, int64_t planes, int64_t h, int64_t w, int64_t H, int64_t W,
@@ -122,9 +245,27 @@ void backward_impl(const scalar_t* grad, const scalar_t* up, const scalar_t* lat
   });
 }
 
+bool use_nhwc(const at::Tensor& lateral) {
+  return lateral.dim() == 4 && lateral.size(1) > 1 &&
+         lateral.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
 at::Tensor upsample_mul_cpu(const at::Tensor& upper, const at::Tensor& lateral, bool align_corners, bool relu) {
   check_upsample_mul_inputs(upper, lateral);
   const auto fmt = lateral.suggest_memory_format();
+  if (use_nhwc(lateral)) {
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    auto u = upper.contiguous(cl);
+    auto l = lateral.contiguous(cl);
+    auto out = at::empty_like(l, l.options(), cl);
+    if (out.numel() == 0) return out;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_upsample_mul_cpu_nhwc", [&] {
+      forward_impl_nhwc<scalar_t>(u.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                  l.size(0), l.size(1), u.size(2), u.size(3), l.size(2), l.size(3), align_corners,
+                                  relu);
+    });
+    return out;
+  }
   auto u = upper.contiguous();
   auto l = lateral.contiguous();
   auto out = at::empty_like(l);
@@ -144,6 +285,23 @@ std::tuple<at::Tensor, at::Tensor> upsample_mul_backward_cpu(const at::Tensor& g
   TORCH_CHECK(grad_out.sizes() == lateral.sizes() && out.sizes() == lateral.sizes(),
               "dsfd::upsample_mul_backward: grad_out ", grad_out.sizes(), " and out ", out.sizes(),
               " must match lateral ", lateral.sizes());
+  if (use_nhwc(lateral)) {
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    auto u = upper.contiguous(cl);
+    auto l = lateral.contiguous(cl);
+    auto g = grad_out.to(l.scalar_type()).contiguous(cl);
+    auto o = out.to(l.scalar_type()).contiguous(cl);
+    auto grad_up = at::empty_like(u, u.options(), cl);
+    auto grad_lat = at::empty_like(l, l.options(), cl);
+    if (l.numel() == 0) return {grad_up.zero_().contiguous(upper.suggest_memory_format()), grad_lat};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_upsample_mul_backward_nhwc", [&] {
+      backward_impl_nhwc<scalar_t>(g.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), l.data_ptr<scalar_t>(),
+                                   o.data_ptr<scalar_t>(), grad_up.data_ptr<scalar_t>(), grad_lat.data_ptr<scalar_t>(),
+                                   l.size(0), l.size(1), u.size(2), u.size(3), l.size(2), l.size(3), align_corners,
+                                   relu);
+    });
+    return {grad_up.contiguous(upper.suggest_memory_format()), grad_lat};
+  }
   auto u = upper.contiguous();
   auto l = lateral.contiguous();
   auto g = grad_out.to(l.scalar_type()).contiguous();
