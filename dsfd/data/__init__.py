@@ -1,4 +1,13 @@
-"""Training data: the WIDER FACE reader, DSFD augmentation and batching.
+"""Training data: readers for WIDER FACE, COCO and YOLO behind one dataset, DSFD augmentation and batching.
+
+* :func:`build_dataset` reads any number of data roots, each in its own
+  format (:func:`detect_format`: WIDER FACE folder, COCO ``.json``, YOLO
+  ``images/`` + ``labels/``), into one :class:`FaceDataset`; every format
+  gives the same samples and the same augmentation;
+* :mod:`.wider`, :mod:`.coco`, :mod:`.yolo` are the readers (and the COCO /
+  YOLO writers); :mod:`.problems` reports bad annotations with their
+  location and reason;
+* :mod:`.augment` and :mod:`.collate` turn samples into training batches.
 
 Typical use::
 
@@ -15,18 +24,27 @@ Typical use::
         sampler.set_epoch(epoch)
         for images, gt_boxes, gt_counts, meta in loader:
             ...
+
+    # your own faces, in any mix of formats
+    ds = build_dataset(["faces.json", "yolo_faces/", "widerface/"], "train",
+                       transform=TrainTransform(size=640), category="face")
 """
 
 from .augment import BGR_MEAN, DAS_ANCHOR_SIZES, CropInfo, EvalTransform, TrainTransform, photometric_distort
+from .coco import read_coco, write_coco
 from .collate import collate_detection
+from .dataset import DataSource, FaceDataset, ImageRecord, sample_rng
+from .formats import FORMATS, build_dataset, detect_format, has_split, read_source
+from .problems import REASONS, AnnotationError, AnnotationProblem, ProblemReport
 from .wider import (
     EpochRandomSampler,
     WiderAnnotation,
     WiderFaceDataset,
     parse_wider_annotations,
-    sample_rng,
+    read_wider,
     worker_init_fn,
 )
+from .yolo import read_yolo, write_yolo
 
 __all__ = [
     "BGR_MEAN",
@@ -36,6 +54,23 @@ __all__ = [
     "TrainTransform",
     "photometric_distort",
     "collate_detection",
+    "build_dataset",
+    "detect_format",
+    "has_split",
+    "read_source",
+    "FORMATS",
+    "FaceDataset",
+    "DataSource",
+    "ImageRecord",
+    "read_wider",
+    "read_coco",
+    "write_coco",
+    "read_yolo",
+    "write_yolo",
+    "REASONS",
+    "AnnotationError",
+    "AnnotationProblem",
+    "ProblemReport",
     "EpochRandomSampler",
     "WiderAnnotation",
     "WiderFaceDataset",

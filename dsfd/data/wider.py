@@ -32,6 +32,10 @@ DataLoader workers are recorded in the workers' copies;
 :meth:`WiderFaceDataset.verify_images` checks every file up front in the
 calling process.
 
+Loading, bad images and samples are those of
+:class:`~dsfd.data.dataset.FaceDataset`, which the COCO and YOLO readers
+share (:func:`dsfd.data.build_dataset` mixes roots of every format).
+
 Pixels are converted to 8-bit BGR by the same rules as at inference
 (:mod:`dsfd.io.images`: gray replicated, alpha dropped, 16 bit
 ``round(v / 257)``, float only in ``[0, 1]``). EXIF orientation is ignored:
@@ -40,24 +44,24 @@ the annotations refer to the stored pixel grid.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 from ..data_paths import wider_root
-from ..io import ImageError, read_image
+from .dataset import DataSource, FaceDataset, ImageRecord, ImageTransform, sample_rng
 
 __all__ = [
     "WiderFaceDataset",
     "WiderAnnotation",
     "parse_wider_annotations",
+    "read_wider",
     "sample_rng",
     "EpochRandomSampler",
     "worker_init_fn",
@@ -68,28 +72,14 @@ log = logging.getLogger(__name__)
 _SPLITS = ("train", "val")
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """Independent generator for one sample, a function of ``(seed, epoch, index)`` only.
+class WiderAnnotation(ImageRecord):
+    """One image of the annotation file: relative path and kept boxes (``float32 [K, 4]``
+    corner pixels ``x1, y1, x1 + w, y1 + h``)."""
 
-    Because it does not depend on the process or on the order in which
-    samples are drawn, augmentation is the same for any number of
-    DataLoader workers.
-    """
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
-
-
-class WiderAnnotation:
-    """One image of the annotation file: relative path and kept boxes."""
-
-    __slots__ = ("path", "boxes")
+    __slots__ = ()
 
     def __init__(self, path: str, boxes: np.ndarray) -> None:
-        self.path = path
-        #: ``float32 [K, 4]`` corner pixels ``x1, y1, x1 + w, y1 + h``.
-        self.boxes = boxes
-
-    def __repr__(self) -> str:
-        return f"WiderAnnotation({self.path!r}, {len(self.boxes)} boxes)"
+        super().__init__(path, boxes)
 
 
 def _looks_like_path(line: str) -> bool:
@@ -156,11 +146,32 @@ def parse_wider_annotations(
     return out, stats
 
 
-ImageTransform = Callable[..., Tuple[Any, Any]]
+def read_wider(
+    root: Union[str, os.PathLike], split: str = "train", min_face: float = 1.0
+) -> DataSource:
+    """One WIDER-layout root as a :class:`~dsfd.data.dataset.DataSource` (parse-time counters in ``stats``)."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    r = Path(root)
+    gt_file = r / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+    if not gt_file.is_file():
+        raise FileNotFoundError(
+            f"WIDER FACE annotations not found: {gt_file} (set DSFD_WIDER_ROOT to the data set folder)"
+        )
+    anns, stats = parse_wider_annotations(gt_file, min_face)
+    if not anns:
+        raise ValueError(f"no images listed in {gt_file}")
+    log.info(
+        "WIDER FACE %s at %s: %d images, %d boxes read, %d kept; skipped %d invalid-flagged, "
+        "%d degenerate (w or h <= 0), %d smaller than %g px, %d malformed lines",
+        split, r, stats["images"], stats["boxes_read"], stats["kept"], stats["invalid"],
+        stats["degenerate"], stats["small"], min_face, stats["malformed"],
+    )
+    return DataSource(str(r), "wider", r / f"WIDER_{split}" / "images", list(anns), dict(stats))
 
 
-class WiderFaceDataset(Dataset):
-    """WIDER FACE images with their face boxes.
+class WiderFaceDataset(FaceDataset):
+    """WIDER FACE images with their face boxes (a :class:`~dsfd.data.dataset.FaceDataset`).
 
     Args:
         root: data set folder (default :func:`dsfd.data_paths.wider_root`),
@@ -183,7 +194,7 @@ class WiderFaceDataset(Dataset):
     (``float32 [3, S, S]`` tensor and normalised boxes for the provided
     transforms). ``meta`` has ``path``, ``name`` (``event/file`` without
     extension), ``index`` (the image used), ``requested_index``, ``orig_size``
-    ``(H, W)``.
+    ``(H, W)``, ``root``.
     """
 
     def __init__(
@@ -208,130 +219,9 @@ class WiderFaceDataset(Dataset):
         #: The first root (kept for code that reads one folder).
         self.root = roots[0]
         self.split = split
-        self.transform = transform
-        self.min_face = float(min_face)
-        self.seed = int(seed)
-        self.epoch = 0
         self.image_dir = self.root / f"WIDER_{split}" / "images"
-        self.annotations: List[WiderAnnotation] = []
-        #: Image folder of each annotation (one entry per root, see ``_root_of``).
-        self._image_dirs: List[Path] = []
-        self._root_starts: List[int] = []
-        #: Per root: ``{"root", "images", "boxes"}`` (boxes kept after the parse-time filter).
-        self.root_counts: List[Dict[str, Any]] = []
-        self._parse_stats: Dict[str, int] = {}
-        for r in roots:
-            gt_file = r / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-            if not gt_file.is_file():
-                raise FileNotFoundError(
-                    f"WIDER FACE annotations not found: {gt_file} (set DSFD_WIDER_ROOT to the data set folder)"
-                )
-            anns, stats = parse_wider_annotations(gt_file, self.min_face)
-            if not anns:
-                raise ValueError(f"no images listed in {gt_file}")
-            self._root_starts.append(len(self.annotations))
-            self._image_dirs.append(r / f"WIDER_{split}" / "images")
-            self.annotations.extend(anns)
-            for k, v in stats.items():
-                self._parse_stats[k] = self._parse_stats.get(k, 0) + v
-            self.root_counts.append({"root": str(r), "images": len(anns), "boxes": int(stats["kept"])})
-            log.info(
-                "WIDER FACE %s at %s: %d images, %d boxes read, %d kept; skipped %d invalid-flagged, "
-                "%d degenerate (w or h <= 0), %d smaller than %g px, %d malformed lines",
-                split, r, stats["images"], stats["boxes_read"], stats["kept"], stats["invalid"],
-                stats["degenerate"], stats["small"], self.min_face, stats["malformed"],
-            )
-        #: Images that could not be loaded: path -> reason (this process only).
-        self.bad_images: Dict[str, str] = {}
-        self._outside: Dict[int, int] = {}
-
-    # -- bookkeeping ---------------------------------------------------------
-    @property
-    def stats(self) -> Dict[str, int]:
-        """Counters: parse-time ones plus ``outside`` and ``bad_images`` (this process)."""
-        d = dict(self._parse_stats)
-        d["outside"] = sum(self._outside.values())
-        d["bad_images"] = len(self.bad_images)
-        return d
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used for the random streams of plain integer indices.
-
-        DataLoader workers get a copy of the dataset when an iterator is
-        created, so call this before iterating (with ``persistent_workers``
-        use :class:`EpochRandomSampler`, which passes the epoch in the index).
-        """
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.annotations)
-
-    def _root_of(self, index: int) -> int:
-        return bisect.bisect_right(self._root_starts, index) - 1
-
-    def image_path(self, index: int) -> Path:
-        return self._image_dirs[self._root_of(index)] / self.annotations[index].path
-
-    def _mark_bad(self, path: str, reason: str) -> None:
-        if path not in self.bad_images:
-            self.bad_images[path] = reason
-            log.warning("skipping unreadable image %s: %s", path, reason)
-
-    def load(self, index: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """The image (uint8 BGR) and its boxes clipped to it, or ``None`` for a bad image."""
-        ann = self.annotations[index]
-        path = str(self.image_path(index))
-        if path in self.bad_images:
-            return None
-        try:
-            img = read_image(path)
-        except ImageError as e:
-            self._mark_bad(path, str(e))
-            return None
-        h, w = img.shape[:2]
-        b = ann.boxes.copy()
-        np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
-        np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
-        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        self._outside[index] = int((~keep).sum())
-        return img, b[keep]
-
-    def verify_images(self) -> Dict[str, str]:
-        """Loads every image once in this process; returns (and records) the bad ones."""
-        for i in range(len(self)):
-            self.load(i)
-        return dict(self.bad_images)
-
-    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Tuple[Any, Any, Dict[str, Any]]:
-        if isinstance(item, (tuple, list)):
-            index, epoch = int(item[0]), int(item[1])
-        else:
-            index, epoch = int(item), self.epoch
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images")
-        index %= n
-        for k in range(n):
-            j = (index + k) % n
-            loaded = self.load(j)
-            if loaded is not None:
-                break
-        else:
-            raise RuntimeError(f"no loadable image in {[str(d) for d in self._image_dirs]} ({len(self.bad_images)} bad)")
-        img, boxes = loaded
-        ann = self.annotations[j]
-        meta: Dict[str, Any] = {
-            "path": str(self.image_path(j)),
-            "name": os.path.splitext(ann.path)[0],
-            "index": j,
-            "requested_index": index,
-            "orig_size": (int(img.shape[0]), int(img.shape[1])),
-        }
-        if self.transform is None:
-            return img, boxes, meta
-        rng = sample_rng(self.seed, epoch, index)
-        image_t, boxes_t = self.transform(img, boxes, rng)
-        return image_t, boxes_t, meta
+        sources = [read_wider(r, split, min_face) for r in roots]
+        self._init_sources(sources, transform, seed, min_face, paint_ignore=False)
 
 
 class EpochRandomSampler(Sampler):
