@@ -2,6 +2,8 @@
 
 * :func:`build_model` / :func:`dsfd_paper` / :func:`dsfd_released` build every variant;
 * :func:`load_weights` builds the right model for a checkpoint and loads it;
+  :func:`checkpoint_architecture` says which architecture that is, without
+  building it (what ``dsfd train --weights`` fine-tunes);
 * :class:`DetectionModel` (:mod:`.interface`) is what both networks offer the
   layers above (test-time shot, its anchors, ``pixel_mean``, ``variances``);
 * :func:`calibrate_random_model` and :func:`default_or_random_model` give a
@@ -46,6 +48,8 @@ from .fem import ContextFEM, FeatureEnhanceModule, FEMBranches
 from .heads import DeepHead, DSFDHead, ShotOutput, decode_predictions, max_in_out
 from .released import ReleasedDSFD, ReleasedOutput, dsfd_released
 from .weights import (
+    MODEL_CONFIG_KEYS,
+    checkpoint_architecture,
     convert_dualshot_reference_state_dict,
     identify_checkpoint,
     load_state_dict_checked,
@@ -58,6 +62,8 @@ __all__ = [
     "dsfd_paper",
     "dsfd_released",
     "load_weights",
+    "checkpoint_architecture",
+    "MODEL_CONFIG_KEYS",
     "load_state_dict_checked",
     "identify_checkpoint",
     "convert_dualshot_reference_state_dict",

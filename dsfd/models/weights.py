@@ -35,6 +35,8 @@ from .checkpoint_reader import CheckpointError, MapLocation, read_checkpoint
 __all__ = [
     "CheckpointError",
     "load_weights",
+    "checkpoint_architecture",
+    "MODEL_CONFIG_KEYS",
     "load_state_dict_checked",
     "read_checkpoint",
     "identify_checkpoint",
@@ -230,36 +232,14 @@ def _closest_candidate(sd: Mapping[str, Tensor]) -> Tuple[str, nn.Module]:
     return best[1], best[2]
 
 
-def load_weights(
+def _read_and_identify(
     path: PathLike,
-    map_location: MapLocation = "cpu",
-    *,
-    network: Optional[str] = None,
-    backbone: Optional[str] = None,
-    **model_kwargs: Any,
-) -> nn.Module:
-    """Build the right DSFD model for a checkpoint file and load it strictly.
-
-    Args:
-        path: a weights file (see the module docstring for what is recognised),
-            a registered weights name (``"default"``, ``"released-resnet152"``;
-            downloaded into torch's hub cache on first use) or a URL, resolved
-            by :func:`dsfd.hub.resolve_weights`. A name forces its network.
-        map_location: device for the tensors and the returned model.
-        network, backbone: force the architecture instead of detecting it
-            (``"paper"``/``"released"``; ``"vgg16"``, ``"resnet50"``, ...).
-        **model_kwargs: further :func:`~dsfd.models.build_model` options
-            (they override a checkpoint's ``config``).
-
-    Returns:
-        The model (:class:`~dsfd.models.DSFD` or
-        :class:`~dsfd.models.ReleasedDSFD`) on ``map_location``, in eval mode.
-
-    Raises:
-        FileNotFoundError: no such file (nor a known name or a URL).
-        CheckpointError: unreadable / truncated file, unknown or mismatched keys.
-        dsfd.hub.WeightsDownloadError: a name or URL that could not be downloaded.
-    """
+    map_location: MapLocation,
+    network: Optional[str],
+    backbone: Optional[str],
+    model_kwargs: Mapping[str, Any],
+) -> Tuple[Dict[str, Tensor], Dict[str, Any], str, Optional[Dict[str, Any]]]:
+    """``(state_dict, build_model options, source text, config)`` of a weights spec (see :func:`load_weights`)."""
     from ..hub import resolve_weights
 
     spec = path
@@ -302,6 +282,63 @@ def load_weights(
         )
     if isinstance(kwargs.get("width_mult"), float) and abs(kwargs["width_mult"] - 1.0) < 1e-9:
         kwargs["width_mult"] = 1.0
+    return sd, kwargs, src, config
+
+
+def checkpoint_architecture(
+    path: PathLike,
+    *,
+    network: Optional[str] = None,
+    backbone: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The :func:`~dsfd.models.build_model` options of the network a weights file holds, without building it.
+
+    The architecture :func:`load_weights` builds for ``path`` (a file, a
+    registered name such as ``"default"``, or a URL): the checkpoint's
+    ``config`` (:data:`MODEL_CONFIG_KEYS`; this project's checkpoints,
+    any backbone of :data:`dsfd.constants.BACKBONES`), else what the keys
+    identify (released and paper-style files), else ``network`` /
+    ``backbone`` when given. Always has ``network`` and ``backbone``;
+    ``build_model(**checkpoint_architecture(p))`` loads ``p`` strictly.
+    What ``dsfd train --weights`` fine-tunes is this network, whole.
+
+    Raises the errors of :func:`load_weights` (``FileNotFoundError``,
+    :class:`CheckpointError`, ``dsfd.hub.WeightsDownloadError``).
+    """
+    return dict(_read_and_identify(path, "cpu", network, backbone, {})[1])
+
+
+def load_weights(
+    path: PathLike,
+    map_location: MapLocation = "cpu",
+    *,
+    network: Optional[str] = None,
+    backbone: Optional[str] = None,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """Build the right DSFD model for a checkpoint file and load it strictly.
+
+    Args:
+        path: a weights file (see the module docstring for what is recognised),
+            a registered weights name (``"default"``, ``"released-resnet152"``;
+            downloaded into torch's hub cache on first use) or a URL, resolved
+            by :func:`dsfd.hub.resolve_weights`. A name forces its network.
+        map_location: device for the tensors and the returned model.
+        network, backbone: force the architecture instead of detecting it
+            (``"paper"``/``"released"``; ``"vgg16"``, ``"resnet50"``, ...).
+        **model_kwargs: further :func:`~dsfd.models.build_model` options
+            (they override a checkpoint's ``config``).
+
+    Returns:
+        The model (:class:`~dsfd.models.DSFD` or
+        :class:`~dsfd.models.ReleasedDSFD`) on ``map_location``, in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file (nor a known name or a URL).
+        CheckpointError: unreadable / truncated file, unknown or mismatched keys.
+        dsfd.hub.WeightsDownloadError: a name or URL that could not be downloaded.
+    """
+    sd, kwargs, src, config = _read_and_identify(path, map_location, network, backbone, model_kwargs)
     device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else torch.device("cpu")
     try:
         model = _build_on(device, kwargs)

@@ -2,6 +2,9 @@
 
 * :class:`TrainConfig` - every setting of a run (``dsfd train`` flags map 1:1);
 * :class:`Trainer` - ``Trainer(cfg).train()``;
+* :func:`build_training_model` (:mod:`.model_setup`) - the network a run
+  starts from: fresh, or the whole network of ``--weights`` with the
+  checkpoint's architecture, ``--freeze-backbone``;
 * :mod:`.checkpoint` - atomic ``torch.save``, RNG capture, resume lookup;
 * :mod:`.distributed` - ``torchrun`` setup, :class:`ShardedBatchSampler`,
   :func:`pal_loss` (PAL normalised by the global positive count under DDP).
@@ -10,6 +13,7 @@
 from .checkpoint import capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep, default_lr_steps, default_warmup_iters
 from .distributed import DistInfo, ShardedBatchSampler, init_distributed, pal_loss
+from .model_setup import build_training_model
 from .trainer import IndexSubset, StopSignal, Trainer, train
 
 __all__ = [
@@ -19,6 +23,7 @@ __all__ = [
     "default_warmup_iters",
     "Trainer",
     "train",
+    "build_training_model",
     "IndexSubset",
     "StopSignal",
     "DistInfo",

@@ -1,6 +1,11 @@
-"""``dsfd train``: train the paper's DSFD on WIDER FACE.
+"""``dsfd train``: train the paper's DSFD on WIDER FACE, or on your own faces in COCO or YOLO format.
 
 Examples::
+
+    # fine-tune the packaged default model on your faces (COCO JSON or a YOLO folder);
+    # the architecture comes from the weights; see docs/own_data.md for the schedule
+    dsfd train --data my_faces.json --weights default --iters 2000 --lr 5e-4 --warmup-iters 50 --out runs/ft
+    dsfd train --data my_yolo/ --data ../shared/data/widerface --weights default --freeze-backbone ...
 
     # paper schedule (SGD 0.9, wd 5e-4, batch 16, lr 1e-3, x0.1 at 4/6 and 5/6 of --iters)
     dsfd train --backbone resnet50 --backbone-weights resnet50_imagenet.pth --out runs/r50
@@ -55,8 +60,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", action="append", metavar="ROOT",
-                   help="WIDER FACE root; repeat to mix several WIDER-layout roots "
-                        "(default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
+                   help="a WIDER FACE folder, a COCO .json file or a YOLO folder (images/ + labels/); repeat to "
+                        "mix several roots of any formats (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
+    g.add_argument("--format", dest="data_format", choices=["auto", "wider", "coco", "yolo"], default=d.data_format,
+                   help="annotation format of every --data (auto: detected per root)")
+    g.add_argument("--images", metavar="DIR", help="image folder of a COCO --data file (default: found next to it)")
+    g.add_argument("--category", action="append", metavar="NAME_OR_ID",
+                   help="COCO category / YOLO class read as faces (repeatable; default: the only one, "
+                        "or the one named 'face')")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first bad annotation (COCO / YOLO) instead of skipping and counting it")
     g.add_argument("--size", type=int, default=d.size, help="square training input side")
     g.add_argument("--augment", choices=["full", "none"], default=d.augment,
                    help="full: photometric + data-anchor-sampling/SSD crops + flip; none: resize only")
@@ -65,13 +78,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers per rank")
     m = p.add_argument_group("model")
     m.add_argument("--network", default=d.network, choices=["paper"], help="network (the dual-shot paper DSFD)")
-    m.add_argument("--backbone", default=d.backbone, choices=list(BACKBONES))
+    m.add_argument("--backbone", default=None, choices=list(BACKBONES),
+                   help="backbone of a fresh network (default resnet50); with --weights: the checkpoint's")
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
     m.add_argument("--backbone-weights", "--pretrained", dest="backbone_weights", help="pretrained backbone weights: a torchvision-format ImageNet state_dict (ResNet, VGG16), a RetinaFace MobileNet-0.25 checkpoint (mobilenet0.25), imagenet or a torchvision file (mobilenetv2)")
     m.add_argument("--fem-norm", action="store_true",
                    help="BatchNorm after every FEM conv (training from scratch; folded away on export)")
     m.add_argument("--weights", dest="init_weights",
-                   help="initialise from DSFD weights (load_weights formats; fine-tuning, not a resume)")
+                   help="fine-tune these DSFD weights (name such as default, file or URL): the whole network, "
+                        "architecture taken from the checkpoint; not a resume")
+    m.add_argument("--freeze-backbone", action="store_true",
+                   help="keep the backbone fixed (parameters and BatchNorm statistics): fine-tuning on few images")
     m.add_argument("--init-backbone",
                    help="initialise only the backbone from these DSFD weights (FEM and heads start fresh)")
     m.add_argument("--bn", choices=["train", "frozen", "sync"], default=d.bn,
@@ -138,9 +155,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     return TrainConfig(
-        data=data, out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
+        data=data, data_format=args.data_format, images=args.images, category=args.category, strict=args.strict,
+        out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
         backbone_weights=args.backbone_weights, fem_norm=args.fem_norm, init_weights=args.init_weights,
-        init_backbone=args.init_backbone,
+        init_backbone=args.init_backbone, freeze_backbone=args.freeze_backbone,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,
         warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, size=args.size, augment=args.augment,
@@ -152,6 +170,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         keep_every=args.keep_every, log_every=args.log_every, seed=args.seed, deterministic=args.deterministic,
         clip_grad=args.clip_grad, resume=args.resume, stop_at=args.stop_at, progress=args.progress,
     )
+
+
+def _error(msg: str) -> int:
+    print(f"dsfd train: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except ValueError as e:
-        print(f"dsfd train: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    from ..hub import WeightsDownloadError
     from .trainer import Trainer
 
     steps = cfg.resolved_lr_steps()
@@ -176,7 +199,13 @@ def run(args: argparse.Namespace) -> int:
         cfg.iters, cfg.lr, cfg.lr_gamma, list(steps), cfg.resolved_warmup_iters(), cfg.warmup_factor,
     )
     try:
-        result = Trainer(cfg).train()
+        try:
+            trainer = Trainer(cfg)
+        except (ValueError, OSError, WeightsDownloadError) as e:
+            # bad data, annotations (--strict), weights or flags: a message, not a traceback
+            # (CheckpointError and AnnotationError are ValueErrors, FileNotFoundError an OSError)
+            return _error(str(e))
+        result = trainer.train()
     finally:
         import torch.distributed as dist
 

@@ -36,20 +36,35 @@ class TrainConfig:
     """Everything that defines a training run (also stored in checkpoints as ``args``).
 
     Attributes:
-        data: WIDER FACE root (``None``: :func:`dsfd.data_paths.wider_root`),
-            or a list of WIDER-layout roots whose training images are mixed
-            (validation uses the first root that has a val split).
+        data: a data root (``None``: :func:`dsfd.data_paths.wider_root`) or
+            a list of roots whose training images are mixed, each a WIDER
+            FACE folder, a COCO ``.json`` file or a YOLO folder (see
+            :func:`dsfd.data.build_dataset`; validation uses the first root
+            that has a val split: WIDER's, or a YOLO ``val`` folder).
+        data_format: ``"auto"`` (detected per root) or ``"wider"`` /
+            ``"coco"`` / ``"yolo"`` for every root.
+        images: image folder of a COCO root (default: found next to the file).
+        category: COCO categories / YOLO classes read as faces (names or
+            ids; default: the only one, or the one named ``face``).
+        strict: stop at the first bad annotation instead of skipping and
+            counting it (COCO / YOLO).
         out: output folder (checkpoints, ``log.jsonl``).
         network, backbone, width_mult, backbone_weights: model (see
             :func:`dsfd.models.build_model`); ``backbone="tiny"`` is the
-            narrow ResNet for tests and CPU smoke runs.
+            narrow ResNet for tests and CPU smoke runs. ``backbone=None``:
+            ``resnet50`` from scratch, the checkpoint's with ``init_weights``.
         fem_norm: BatchNorm after every FEM conv (``fem_norm`` of
             :class:`dsfd.models.DSFD`), for training from scratch; folded
             away by ``scripts/export_default_model.py``.
-        init_weights: start from these DSFD weights (any file
-            :func:`dsfd.models.load_weights` reads; the architecture must
-            match) instead of a fresh initialisation - fine-tuning, not a
-            resume (optimizer, schedule and data start from scratch).
+        init_weights: start from these DSFD weights (any file, name or URL
+            :func:`dsfd.models.load_weights` reads, e.g. ``"default"``)
+            instead of a fresh initialisation - fine-tuning, not a resume
+            (optimizer, schedule and data start from scratch). The whole
+            network is loaded and its architecture comes from the
+            checkpoint (:func:`dsfd.models.checkpoint_architecture`);
+            architecture options that contradict it are an error.
+        freeze_backbone: keep the backbone fixed (parameters and BatchNorm
+            statistics); for fine-tuning on a few hundred images or fewer.
         init_backbone: start only the backbone from the backbone of these
             DSFD weights (any architecture variant with the same backbone:
             the ablations' stand-in for an ImageNet start); FEM and heads
@@ -109,14 +124,19 @@ class TrainConfig:
     """
 
     data: Union[None, str, List[str]] = None
+    data_format: str = "auto"
+    images: Optional[str] = None
+    category: Optional[List[str]] = None
+    strict: bool = False
     out: str = "runs/dsfd"
     network: str = "paper"
-    backbone: str = "resnet50"
+    backbone: Optional[str] = None
     width_mult: Optional[float] = None
     backbone_weights: Optional[str] = None
     fem_norm: bool = False
     init_weights: Optional[str] = None
     init_backbone: Optional[str] = None
+    freeze_backbone: bool = False
     batch_size: int = 16
     iters: int = 60_000
     lr: float = 1e-3
@@ -173,6 +193,10 @@ class TrainConfig:
             raise ValueError(f"anchor_aspect must be > 0, got {self.anchor_aspect}")
         if self.bn not in ("train", "frozen", "sync"):
             raise ValueError(f"bn must be train, frozen or sync, got {self.bn!r}")
+        if self.data_format not in ("auto", "wider", "coco", "yolo"):
+            raise ValueError(f"data_format must be auto, wider, coco or yolo, got {self.data_format!r}")
+        if isinstance(self.category, (str, int)):
+            self.category = [str(self.category)]
 
     # ------------------------------------------------------------------ derived
     def data_roots(self) -> List[str]:

@@ -53,15 +53,22 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import EvalTransform, TrainTransform, WiderFaceDataset, collate_detection, worker_init_fn
+from ..data import (
+    EvalTransform,
+    TrainTransform,
+    build_dataset,
+    collate_detection,
+    detect_format,
+    has_split,
+    worker_init_fn,
+)
 from ..data_paths import wider_root
 from ..losses import ProgressiveAnchorLoss
-from ..data import collate_detection
-from ..models import build_model
-from ..models.weights import load_state_dict_checked, load_weights
+from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
+from .model_setup import build_training_model
 
 __all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
 
@@ -174,7 +181,7 @@ def _resolve_device(cfg: TrainConfig) -> torch.device:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     d = torch.device(dev)
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
+        raise ValueError("--device cuda requested but no CUDA device is available")
     return d
 
 
@@ -200,7 +207,8 @@ class Trainer:
 
     Args:
         cfg: the run's configuration.
-        train_dataset: overrides the WIDER FACE train split (must accept
+        train_dataset: overrides the training data built from ``cfg.data``
+            (:func:`dsfd.data.build_dataset`: WIDER, COCO and YOLO roots; must accept
             ``(index, epoch)`` items and return ``(image, boxes, meta)``).
         val_dataset: overrides the val split (plain integer items); ``None``
             builds it from ``cfg.data`` when ``cfg.val_every > 0``.
@@ -245,35 +253,10 @@ class Trainer:
         self._det_prev: Optional[Tuple[bool, bool]] = None
 
         # --- model, identical on every rank (same seed) ----------------------
+        # fresh, or the whole network of --weights with the checkpoint's architecture
+        # (dsfd.training.model_setup); frozen: the BatchNorms kept in eval mode
         self._seed_everything(cfg.seed)
-        kw: Dict[str, Any] = {}
-        if cfg.width_mult is not None:
-            kw["width_mult"] = cfg.width_mult
-        if cfg.backbone_weights:
-            kw["backbone_weights"] = cfg.backbone_weights
-        if cfg.fem_norm:
-            kw["fem_norm"] = True
-        kw.update(cfg.model_switches())
-        if cfg.network != "paper":
-            raise ValueError("training needs the paper's network (--network paper)")
-        model = build_model(cfg.network, cfg.backbone, **kw)
-        if cfg.init_weights:
-            src = load_weights(cfg.init_weights, map_location="cpu")
-            load_state_dict_checked(model, src.state_dict(), source=repr(str(cfg.init_weights)))
-            del src
-        if cfg.init_backbone:
-            src = load_weights(cfg.init_backbone, map_location="cpu")
-            load_state_dict_checked(
-                model.backbone, src.backbone.state_dict(), source=f"the backbone of {str(cfg.init_backbone)!r}"
-            )
-            del src
-        self.frozen_bn: List[nn.Module] = []
-        if cfg.bn == "frozen":
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    for p in m.parameters():
-                        p.requires_grad_(False)
-                    self.frozen_bn.append(m)
+        model, self.frozen_bn = build_training_model(cfg)
         model.to(device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -338,6 +321,11 @@ class Trainer:
     def _data_roots(self) -> List[Path]:
         return [Path(r) for r in self.cfg.data_roots()] or [wider_root()]
 
+    def _data_options(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        return dict(format=cfg.data_format, images=cfg.images, category=cfg.category, min_face=cfg.min_face,
+                    seed=cfg.seed, strict=cfg.strict)
+
     def _build_train_dataset(self) -> Dataset:
         cfg = self.cfg
         tf = (
@@ -345,7 +333,8 @@ class Trainer:
             if cfg.augment == "full"
             else EvalTransform(size=cfg.size)
         )
-        ds = WiderFaceDataset(self._data_roots(), "train", transform=tf, min_face=cfg.min_face, seed=cfg.seed)
+        # any mix of WIDER / COCO / YOLO roots, one sample format (dsfd.data.build_dataset)
+        ds = build_dataset(self._data_roots(), "train", transform=tf, **self._data_options())
         sel = cfg.train_images
         if isinstance(sel, (list, tuple)):
             return IndexSubset(ds, sel)
@@ -355,24 +344,40 @@ class Trainer:
 
     def _build_val_dataset(self) -> Optional[Dataset]:
         # the val split of the first root that has one (extra roots laid out
-        # as a training split have none)
+        # as a training split have none; a COCO file is one split)
         for root in self._data_roots():
-            if (root / "wider_face_split" / "wider_face_val_bbx_gt.txt").is_file():
-                return WiderFaceDataset(
-                    root, "val", transform=EvalTransform(size=self.cfg.size),
-                    min_face=self.cfg.min_face, seed=self.cfg.seed,
-                )
+            if has_split(root, "val", self.cfg.data_format):
+                opts = {**self._data_options(), "images": None}  # --images belongs to a COCO file
+                if (detect_format(root) if self.cfg.data_format == "auto" else self.cfg.data_format) == "wider":
+                    opts["category"] = None  # WIDER has only faces
+                return build_dataset(root, "val", transform=EvalTransform(size=self.cfg.size), **opts)
         log.warning("no validation split under %s: validation disabled", [str(r) for r in self._data_roots()])
         return None
 
     def data_counts(self) -> List[Dict[str, Any]]:
-        """Images and kept boxes per training data root (also in the log and checkpoints)."""
+        """Images and kept boxes per training data root (also in the log and checkpoints).
+
+        COCO and YOLO roots add ``format`` and ``skipped`` (bad annotations per reason).
+        """
         ds = self.train_dataset
         base = ds.base if isinstance(ds, IndexSubset) else ds
         counts = getattr(base, "root_counts", None)
         if counts is None:
             return [{"root": "custom dataset", "images": len(ds), "boxes": None}]
         return [dict(c) for c in counts]
+
+    def _write_data_problems(self) -> Optional[Path]:
+        """``<out>/data_problems.txt``: every bad annotation skipped (``location: reason: detail``), if any."""
+        ds = self.train_dataset
+        base = ds.base if isinstance(ds, IndexSubset) else ds
+        problems = list(getattr(base, "problems", []))
+        if not problems or not self.info.is_main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "data_problems.txt"
+        path.write_text("".join(f"{p}\n" for p in problems), encoding="utf-8")
+        log.warning("%d bad annotation(s) skipped, listed in %s", len(problems), path)
+        return path
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -589,7 +594,10 @@ class Trainer:
         })
         if info.is_main:
             for c in self.data_counts():
-                log.info("training data: %s: %s images, %s boxes", c["root"], c["images"], c["boxes"])
+                skipped = c.get("skipped")
+                tail = f"; bad annotations skipped: {skipped}" if skipped else ""
+                log.info("training data: %s: %s images, %s boxes%s", c["root"], c["images"], c["boxes"], tail)
+            self._write_data_problems()
         pbar = None
         if cfg.progress and info.is_main:
             from tqdm.auto import tqdm

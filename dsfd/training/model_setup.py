@@ -1,0 +1,119 @@
+"""The network a training run starts from: fresh, from a pretrained backbone, or a whole DSFD to fine-tune.
+
+* from scratch: ``build_model("paper", backbone, ...)`` with the run's
+  options (``--backbone``, default :data:`DEFAULT_BACKBONE`);
+* ``init_weights`` (``--weights``: a file, a registered name such as
+  ``default``, or a URL): the whole network of that checkpoint - the
+  architecture comes from the checkpoint
+  (:func:`dsfd.models.checkpoint_architecture`, the same choice
+  :class:`dsfd.Detector` makes), so no architecture flag is needed; flags
+  that contradict it are an error naming them;
+* ``init_backbone``: only the backbone from a DSFD checkpoint;
+* ``freeze_backbone``: the backbone's parameters fixed and its BatchNorms
+  in eval mode (fine-tuning on few images).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from torch import nn
+
+from ..models import build_model, checkpoint_architecture, load_state_dict_checked, load_weights
+from .config import TrainConfig
+
+__all__ = ["DEFAULT_BACKBONE", "build_training_model", "freeze_module", "architecture_conflicts"]
+
+#: Backbone of a run from scratch without ``--backbone``.
+DEFAULT_BACKBONE = "resnet50"
+
+
+def architecture_conflicts(cfg: TrainConfig, arch: Dict[str, Any]) -> List[str]:
+    """The run's architecture flags that contradict the checkpoint's ``arch`` (``[]``: none).
+
+    Only flags that were set (``backbone``, ``width_mult``) or moved away
+    from the full DSFD (``--fem-norm``, ``--no-fem``, ``--no-pal``,
+    ``--anchor-aspect``) are compared.
+    """
+    out: List[str] = []
+    if cfg.backbone is not None and cfg.backbone.lower() != str(arch.get("backbone")):
+        out.append(f"--backbone {cfg.backbone} (the weights are {arch.get('backbone')})")
+    if cfg.width_mult is not None and abs(float(cfg.width_mult) - float(arch.get("width_mult") or 1.0)) > 1e-9:
+        out.append(f"--width-mult {cfg.width_mult} (the weights have {arch.get('width_mult')})")
+    if cfg.fem_norm and not arch.get("fem_norm", False):
+        out.append("--fem-norm (the weights have no FEM BatchNorm)")
+    for key, value in cfg.model_switches().items():
+        have = arch.get(key, 1.5 if key == "aspect_ratio" else True)
+        if have != value:
+            flag = {"fem": "--no-fem", "pal": "--no-pal", "aspect_ratio": f"--anchor-aspect {value}"}[key]
+            out.append(f"{flag} (the weights have {key}={have})")
+    return out
+
+
+def freeze_module(module: nn.Module) -> List[nn.Module]:
+    """Fix a module's parameters; returns its BatchNorm layers (to be kept in eval mode)."""
+    norms: List[nn.Module] = []
+    for m in module.modules():
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(False)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            norms.append(m)
+    return norms
+
+
+def build_training_model(cfg: TrainConfig) -> Tuple[nn.Module, List[nn.Module]]:
+    """``(model, frozen BatchNorm layers)`` for a run (see the module docstring).
+
+    Raises ``ValueError`` (including :class:`dsfd.models.CheckpointError`)
+    and ``FileNotFoundError`` with a message for the command line, and
+    :class:`dsfd.hub.WeightsDownloadError` for a name that cannot be downloaded.
+    """
+    if cfg.network != "paper":
+        raise ValueError("training needs the paper's network (--network paper)")
+    if cfg.init_weights:
+        if cfg.backbone_weights:
+            raise ValueError("--weights (a whole DSFD to fine-tune) and --pretrained (ImageNet-style backbone "
+                             "weights for a fresh network) exclude each other")
+        if cfg.init_backbone:
+            raise ValueError("--weights (the whole network) and --init-backbone (only the backbone) exclude each other")
+        arch = checkpoint_architecture(cfg.init_weights)
+        if arch.get("network") != "paper":
+            raise ValueError(
+                f"--weights {cfg.init_weights}: a {arch.get('network')} / {arch.get('backbone')} network; only the "
+                "paper's dual-shot network trains here (fine-tune 'default' or a dsfd train checkpoint)"
+            )
+        conflicts = architecture_conflicts(cfg, arch)
+        if conflicts:
+            desc = ", ".join(f"{k}={v}" for k, v in arch.items())
+            raise ValueError(
+                f"the architecture comes from --weights {cfg.init_weights} ({desc}); these flags contradict it: "
+                + "; ".join(conflicts) + ". Leave them out to fine-tune that network."
+            )
+        model = load_weights(cfg.init_weights, map_location="cpu").train()
+    else:
+        kw: Dict[str, Any] = {}
+        if cfg.width_mult is not None:
+            kw["width_mult"] = cfg.width_mult
+        if cfg.backbone_weights:
+            kw["backbone_weights"] = cfg.backbone_weights
+        if cfg.fem_norm:
+            kw["fem_norm"] = True
+        kw.update(cfg.model_switches())
+        model = build_model(cfg.network, cfg.backbone or DEFAULT_BACKBONE, **kw)
+        if cfg.init_backbone:
+            src = load_weights(cfg.init_backbone, map_location="cpu")
+            load_state_dict_checked(
+                model.backbone, src.backbone.state_dict(), source=f"the backbone of {str(cfg.init_backbone)!r}"
+            )
+            del src
+    frozen: List[nn.Module] = []
+    if cfg.freeze_backbone:
+        frozen.extend(freeze_module(model.backbone))
+    if cfg.bn == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+                if m not in frozen:
+                    frozen.append(m)
+    return model, frozen
