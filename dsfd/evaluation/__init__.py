@@ -2,6 +2,8 @@
 
 * :mod:`dsfd.evaluation.wider` - the official WIDER FACE protocol, vectorised
   (prediction files are read and written by :mod:`dsfd.io.wider_predictions`).
+* :mod:`dsfd.evaluation.coco` - COCO AP / AP50 / AR through pycocotools,
+  for faces in COCO or YOLO format (your own data).
 * :mod:`dsfd.evaluation.fddb` - FDDB fold files, rasterised ellipse overlaps,
   bipartite matching, ROC.
 * :mod:`dsfd.evaluation.display` - precision / recall of the boxes drawn at a
@@ -12,6 +14,7 @@
 Nothing here needs the compiled extension or torch.
 """
 
+from .coco import STAT_NAMES, CocoResult, coco_detections, coco_ground_truth, evaluate_coco
 from .fddb import (
     FDDBResult,
     box_to_ellipse,
@@ -23,7 +26,7 @@ from .fddb import (
     write_fddb_detections,
 )
 from .display import DrawnCurve, choose_display_threshold, drawn_precision_recall
-from .plots import plot_fddb_roc, plot_wider_pr
+from .plots import plot_coco_pr, plot_fddb_roc, plot_wider_pr
 from .wider import (
     SETTINGS,
     WiderGroundTruth,
@@ -54,5 +57,11 @@ __all__ = [
     "read_fddb_detections",
     "write_fddb_detections",
     "plot_wider_pr",
+    "plot_coco_pr",
+    "CocoResult",
+    "STAT_NAMES",
+    "coco_ground_truth",
+    "coco_detections",
+    "evaluate_coco",
     "plot_fddb_roc",
 ]

@@ -1,6 +1,10 @@
-"""``dsfd eval``: score WIDER FACE predictions (and optionally FDDB detections).
+"""``dsfd eval``: score WIDER FACE predictions, COCO metrics on your own faces, FDDB detections.
 
 Examples::
+
+    # your own faces (COCO JSON or a YOLO folder): COCO AP / AP50 / AR through pycocotools
+    dsfd eval --weights runs/ft/final.pt --data my_faces.json --out runs/ft_eval
+    dsfd eval --weights default --data my_yolo/ --split val --out runs/default_eval
 
     # score an existing prediction folder (<event>/<image>.txt)
     dsfd eval --predictions runs/preds --ground-truth ../shared/data/widerface/ground_truth
@@ -12,7 +16,9 @@ Examples::
     dsfd eval --fddb-folds FDDB-folds --fddb-detections dets.txt [--fddb-images originalPics]
 
 Outputs (into ``--out``): ``ap.json`` and ``pr_{easy,medium,hard}.png`` for
-WIDER FACE; ``fddb.json``, ``fddb_roc.png`` and the official-layout
+WIDER FACE; ``coco_eval.json`` (the twelve COCOeval numbers), ``pr_coco.png``,
+``coco_ground_truth.json`` and ``coco_results.json`` (to re-score them with
+pycocotools yourself) for COCO / YOLO data; ``fddb.json``, ``fddb_roc.png`` and the official-layout
 ``fddb_DiscROC.txt`` / ``fddb_ContROC.txt`` for FDDB.  ``--out`` defaults to
 ``<predictions>_eval`` next to the prediction folder (or ``<fddb
 detections>_eval``).
@@ -45,13 +51,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--weights", help="weights name (default, released-resnet152), file or URL: run the "
                    "detector over the images first")
     d.add_argument("--data", type=Path,
-                   help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
-    d.add_argument("--split", default="val", choices=["val"], help="split to run on (default val)")
+                   help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface), or your own "
+                        "faces: a COCO .json file or a YOLO folder (images/ + labels/)")
+    d.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split to run on (default val; WIDER FACE: val only; YOLO: images/<split> when present)")
+    d.add_argument("--max-size", type=int, default=None,
+                   help="downscale images whose longer side exceeds this before detecting (default: the detector's)")
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="network precision with --weights (auto: bfloat16 where the device computes it "
                         "in hardware, float32 elsewhere)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test as in the released DSFD evaluation (slow)")
+    u = p.add_argument_group("your own data (COCO / YOLO ground truth in --data)")
+    u.add_argument("--format", dest="data_format", choices=["auto", "wider", "coco", "yolo"], default="auto",
+                   help="annotation format of --data (auto: detected)")
+    u.add_argument("--images", type=Path, metavar="DIR",
+                   help="image folder of a COCO --data file (default: found next to it)")
+    u.add_argument("--category", action="append", metavar="NAME_OR_ID",
+                   help="COCO category / YOLO class scored as faces (repeatable; default: the only one, or 'face')")
+    u.add_argument("--strict", action="store_true", help="stop at the first bad annotation instead of skipping it")
+    u.add_argument("--coco-results", type=Path, metavar="FILE.json",
+                   help="score these COCO-format detections (image ids as in coco_ground_truth.json) instead "
+                        "of running --weights")
     f = p.add_argument_group("FDDB")
     f.add_argument("--fddb-folds", type=Path, help="FDDB-folds folder (FDDB-fold-XX-ellipseList.txt)")
     f.add_argument("--fddb-detections", type=Path, help="FDDB detection file, or folder of *.txt files")
@@ -71,7 +92,7 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto") -> Callable:
+def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto", **options) -> Callable:
     """``dsfd.inference.load_detector``: a callable from a BGR ``uint8`` image to ``[K, 5]`` pixel boxes + scores.
 
     The one place where evaluation uses inference (only for ``--weights``),
@@ -82,7 +103,7 @@ def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto") -> Ca
     except ImportError as e:
         raise RuntimeError(f"running the detector needs dsfd.inference (torch, OpenCV), which cannot be "
                            f"imported ({e}); score an existing prediction folder with --predictions DIR") from e
-    return load_detector(str(weights), accuracy_mode=accuracy_mode, dtype=dtype)
+    return load_detector(str(weights), accuracy_mode=accuracy_mode, dtype=dtype, **options)
 
 
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
@@ -207,8 +228,130 @@ def _eval_fddb(args) -> int:
     return 0
 
 
+def _user_format(args) -> Optional[str]:
+    """``"coco"`` / ``"yolo"`` when ``--data`` holds your own faces, ``None`` for WIDER FACE (scored as before)."""
+    fmt = getattr(args, "data_format", "auto")
+    if args.data is None or fmt == "wider":
+        return None
+    if fmt != "auto":
+        return fmt
+    if (args.data / "wider_face_split").is_dir() or (args.data / "ground_truth").is_dir():
+        return None
+    from ..data import detect_format  # torch is needed from here on anyway (reading and detecting)
+
+    found = detect_format(args.data)
+    return None if found == "wider" else found
+
+
+def _eval_user_data(args, fmt: str) -> int:
+    """COCO / YOLO ground truth: run the detector (or read --coco-results), score with pycocotools."""
+    import json
+
+    import numpy as np
+
+    from .coco import coco_detections, coco_ground_truth, evaluate_coco
+
+    if args.predictions is not None:
+        return _error("--predictions is a WIDER FACE prediction folder; with COCO / YOLO ground truth give "
+                      "--weights (run the detector) or --coco-results FILE.json")
+    if (args.weights is None) == (args.coco_results is None):
+        return _error(f"{fmt.upper()} ground truth in --data: give --weights W (run the detector) or "
+                      "--coco-results FILE.json (score existing detections), one of them")
+    if args.out is None:
+        return _error("--out DIR is needed (coco_eval.json, pr_coco.png, the ground truth and results go there)")
+    from ..data import build_dataset
+
+    try:
+        ds = build_dataset(args.data, args.split, format=fmt, images=args.images, category=args.category,
+                           strict=args.strict, paint_ignore=False)
+    except (ValueError, OSError) as e:  # incl. AnnotationError (--strict, truncated JSON), missing folders
+        return _error(str(e))
+    if ds.problems:
+        counts = ", ".join(f"{n} {r}" for r, n in ds.root_counts[0].get("skipped", {}).items())
+        print(f"warning: {len(ds.problems)} bad annotation(s) skipped ({counts}); first: {ds.problems[0]}",
+              file=sys.stderr)
+    detector = None
+    if args.weights is not None:
+        opts = {} if args.max_size is None else {"max_size": args.max_size}
+        try:
+            detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **opts)
+        except (RuntimeError, ValueError, FileNotFoundError) as e:
+            return _error(str(e))
+        if not args.quiet:
+            print(f"detector: {detector!r}", file=sys.stderr)
+    from tqdm import tqdm
+
+    images, results, unreadable = [], [], []
+    for i in tqdm(range(len(ds)), desc="detecting" if detector else "reading", unit="img", disable=args.quiet):
+        got = ds.read(i)
+        if got is None:
+            unreadable.append(str(ds.image_path(i)))
+            continue
+        img, faces, ignore = got
+        rec = ds.annotations[i]
+        image_id = rec.image_id if rec.image_id is not None else i + 1
+        images.append({"id": image_id, "file_name": rec.path, "width": img.shape[1], "height": img.shape[0],
+                       "faces": faces, "ignore": ignore})
+        if detector is not None:
+            det = detector(img)
+            det = det.detach().cpu().numpy() if hasattr(det, "detach") else np.asarray(det)
+            results.extend(coco_detections(image_id, det))
+    if unreadable:
+        print(f"warning: {len(unreadable)} image(s) could not be read and are not scored, first: {unreadable[0]}",
+              file=sys.stderr)
+    if not images:
+        return _error(f"no readable image in {args.data}")
+    gt = coco_ground_truth(images)
+    if args.coco_results is not None:
+        try:
+            results = json.loads(args.coco_results.read_text())
+        except (OSError, ValueError) as e:
+            return _error(f"cannot read --coco-results {args.coco_results}: {e}")
+        if not isinstance(results, list):
+            return _error(f"--coco-results {args.coco_results}: expected a list of detections")
+        known = {im["id"] for im in images}
+        foreign = sum(1 for r in results if not isinstance(r, dict) or r.get("image_id") not in known)
+        if foreign:
+            return _error(f"--coco-results {args.coco_results}: {foreign} detection(s) name image ids that are not "
+                          f"in the ground truth (ids as in {args.out / 'coco_ground_truth.json'})")
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "coco_ground_truth.json").write_text(json.dumps(gt))
+    if detector is not None:
+        (out_dir / "coco_results.json").write_text(json.dumps(results))
+    try:
+        result = evaluate_coco(gt, results)
+    except (ImportError, ValueError, KeyError, TypeError) as e:
+        return _error(str(e))
+    result.extra = {"data": str(args.data), "format": fmt, "split": args.split,
+                    "weights": args.weights, "coco_results": str(args.coco_results) if args.coco_results else None,
+                    "unreadable_images": len(unreadable), "bad_annotations": ds.root_counts[0].get("skipped", {})}
+    result.to_json(out_dir / "coco_eval.json")
+    if not args.quiet:
+        print(result.summary.rstrip())
+    print(result.table())
+    if not args.no_plots and result.pr_curves:
+        from .plots import plot_coco_pr
+
+        plot_coco_pr(result, out_dir / "pr_coco.png", title=f"{Path(args.data).name}: faces, COCO metrics")
+    print(f"results written to {out_dir}")
+    return 0
+
+
 def run(args) -> int:
     """Entry point of ``dsfd eval`` (returns the exit code)."""
+    try:
+        fmt = _user_format(args)
+    except (ValueError, OSError) as e:
+        return _error(str(e))
+    if fmt is not None:
+        if args.fddb_folds is not None:
+            return _error("--fddb-folds cannot be combined with COCO / YOLO --data; run them separately")
+        return _eval_user_data(args, fmt)
+    if getattr(args, "coco_results", None) is not None:
+        return _error("--coco-results needs COCO / YOLO ground truth in --data")
+    if args.split != "val":
+        return _error("WIDER FACE is scored on its val split (--split val)")
     wider = args.predictions is not None or args.weights is not None
     if args.fddb_folds is None and not wider:
         return _error("nothing to evaluate: give --predictions DIR, --weights W, or --fddb-folds DIR")

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, List, Mapping, Optional, Union
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .coco import CocoResult
     from .fddb import FDDBResult
     from .wider import WiderResult
 
-__all__ = ["plot_wider_pr", "plot_fddb_roc"]
+__all__ = ["plot_wider_pr", "plot_fddb_roc", "plot_coco_pr"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -87,6 +88,24 @@ def plot_fddb_roc(
         ax.set_xlim(0, max_fp)
     ax.set_ylim(0.0, 1.0)
     ax.legend(loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path))
+    return path
+
+
+def plot_coco_pr(result: "CocoResult", path: PathLike, title: str = "faces, COCO metrics") -> Path:
+    """Write the precision-recall curves of a :class:`~dsfd.evaluation.coco.CocoResult` (IoU 0.50, 0.75,
+    0.50:0.95; pycocotools' 101 recall points) to ``path``."""
+    fig, ax = _figure(title, "Recall", "Precision")
+    names = {"IoU 0.50": "AP50", "IoU 0.75": "AP75", "IoU 0.50:0.95": "AP"}
+    for label, (precision, recall) in result.pr_curves.items():
+        ok = np.isfinite(precision)
+        ax.plot(recall[ok], precision[ok], linewidth=2.0,
+                label=f"{label} ({names.get(label, 'AP')} {result.stats[names.get(label, 'AP')]:.4f})")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.legend(loc="lower left")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path))
