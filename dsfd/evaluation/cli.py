@@ -348,8 +348,10 @@ def run(args) -> int:
         if args.fddb_folds is not None:
             return _error("--fddb-folds cannot be combined with COCO / YOLO --data; run them separately")
         return _eval_user_data(args, fmt)
-    if getattr(args, "coco_results", None) is not None:
-        return _error("--coco-results needs COCO / YOLO ground truth in --data")
+    for flag, value in (("--coco-results", args.coco_results), ("--images", args.images),
+                        ("--category", args.category)):
+        if value is not None:
+            return _error(f"{flag} needs COCO / YOLO ground truth in --data")
     if args.split != "val":
         return _error("WIDER FACE is scored on its val split (--split val)")
     wider = args.predictions is not None or args.weights is not None
