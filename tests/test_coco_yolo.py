@@ -480,3 +480,16 @@ def test_training_validates_on_a_yolo_val_split(tmp_path):
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     val = [r for r in log if r["type"] == "val"]
     assert len(val) == 1 and val[0]["images"] == 2 and val[0]["second_num_pos"] > 0
+
+
+def test_image_size_disagreeing_with_the_annotation_is_reported(tmp_path, caplog):
+    _image(tmp_path / "images" / "a.jpg", 120, 160)
+    path = _coco(tmp_path / "faces.json", [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 160}],
+                 [_ann(1, 1, [10, 100, 20, 40])])
+    ds = build_dataset(path)
+    with caplog.at_level("WARNING", logger="dsfd.data.dataset"):
+        _, boxes = ds.load(0)
+        ds.load(0)
+    warned = [r for r in caplog.records if "but its annotation says 120x160" in r.getMessage()]
+    assert len(warned) == 1 and "is 160x120" in warned[0].getMessage()  # once per image
+    np.testing.assert_array_equal(boxes, [[10, 100, 30, 120]])  # clipped to the real 160x120 pixels

@@ -189,6 +189,7 @@ class FaceDataset(Dataset):
         self.bad_images: Dict[str, str] = {}
         self._outside: Dict[int, int] = {}
         self._small: Dict[int, int] = {}
+        self._size_warned: set = set()
 
     # -- bookkeeping ---------------------------------------------------------
     @property
@@ -248,6 +249,11 @@ class FaceDataset(Dataset):
             self._mark_bad(path, str(e))
             return None
         h, w = img.shape[:2]
+        if ann.size is not None and tuple(ann.size) != (h, w) and path not in self._size_warned:
+            self._size_warned.add(path)
+            log.warning("%s is %dx%d but its annotation says %dx%d (boxes are clipped to the file; an EXIF "
+                        "rotation the annotation tool applied is not applied here)", path, w, h, ann.size[1],
+                        ann.size[0])
         b = ann.boxes.copy()
         ign = ann.ignore.copy()
         if ann.normalized:
