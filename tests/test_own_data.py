@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -177,4 +176,3 @@ def test_architecture_comes_from_the_checkpoint_for_every_backbone(backbone, tmp
     # the architecture is the checkpoint's: flags that say otherwise are refused, naming them
     with pytest.raises(ValueError, match=r"--width-mult 0.5 \(the weights have"):
         build_training_model(TrainConfig(init_weights=str(path), width_mult=0.5))
-    np.testing.assert_equal(built.backbone.training, True)
