@@ -14,7 +14,7 @@ agreement on the top anchors).
 Needs ``torchao`` (``pip install --no-deps torchao``; PT2E moved there
 from ``torch.ao``). int8 is kept in the package only if it is faster than
 bf16 here and loses at most 0.01 AP; this script measures the first
-condition, the README records the outcome.
+condition, docs/speed.md records the outcome.
 
     python benchmarks/int8.py                     # default model, 640x480
 """

@@ -9,7 +9,7 @@ resized to the resolution, or synthetic images without the data) and return
 boxes in host memory; the time is the median over the photos after a warm-up,
 each detector timed in alternation so that machine noise hits both alike.
 The accuracy side of the comparison (WIDER APs on the shared val subset) is
-in the README: YuNet's predictions are in ``../shared/fixtures``.
+in the README's headline table and docs/models.md: YuNet's predictions are in ``../shared/fixtures``.
 
     python benchmarks/yunet_compare.py                 # default model, dtype auto
     python benchmarks/yunet_compare.py --dtype float32 --out /tmp/yunet.json

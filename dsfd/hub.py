@@ -129,7 +129,7 @@ register_weights(
     WeightsInfo(
         name="default",
         filename="default.pth",
-        description="the packaged default model: paper DSFD, lite backbone, 2.13 M parameters (below its targets, see README)",
+        description="the packaged default model: paper DSFD, lite backbone, 2.13 M parameters (below its targets, see docs/models.md)",
         packaged=True,
     )
 )

@@ -6,7 +6,7 @@ same data, schedule and seed; only the ablation switches differ. Runs go one
 after another into ``--runs`` (each resumable: rerunning the script continues
 an interrupted run and skips finished ones), each followed by a one-pass
 WIDER val evaluation. The results land in ``--json``; ``--table`` prints the
-README table (measured deltas next to the paper's).
+table of docs/training.md (measured deltas next to the paper's).
 
     python scripts/ablations.py --runs /work/runs/ablations --iters 400
     python scripts/ablations.py --runs /work/runs/ablations --table

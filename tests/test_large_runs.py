@@ -374,7 +374,7 @@ def test_long_video_streams_with_flat_memory(tmp_path):
 
 
 def test_torchrun_cli_two_cpu_ranks_match_one_process(tmp_path):
-    """The README's torchrun command on the CPU (gloo), with the packaged model."""
+    """The torchrun command of docs/detection.md on the CPU (gloo), with the packaged model."""
     photos = tmp_path / "photos"
     make_photos(photos, 6)
     common = [str(photos), "--format", "coco", "--workers", "0", "--quiet", "--no-draw", "--device", "cpu",

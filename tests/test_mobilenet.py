@@ -121,7 +121,7 @@ def test_mobile_backbones_architecture(name):
 
 
 def test_mobile_backbones_documented_size():
-    # the numbers the README documents (parameters; GMAC of the test-time network at 640x480)
+    # the numbers docs/models.md documents (parameters; GMAC of the test-time network at 640x480)
     m1 = build_model("paper", "mobilenet0.25").eval()
     m2 = build_model("paper", "mobilenetv2").eval()
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

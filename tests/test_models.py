@@ -836,7 +836,7 @@ def test_lite_backbone_architecture():
     model = build_model("paper", "lite", fuse_branches=False).eval()
     bb = model.backbone
     assert isinstance(bb, LiteBackbone) and model.out_channels == list(LITE_WIDTHS)
-    # the numbers the README documents: 2.13 M parameters, 2.33 GMAC at 640x480 (second shot, as at test time)
+    # the numbers docs/models.md documents: 2.13 M parameters, 2.33 GMAC at 640x480 (second shot, as at test time)
     assert n_params(model) == 2_131_486
     assert _conv_macs(model, 480, 640) == 2_333_930_880
     # BatchNorm after every backbone conv (none has a bias), residual branches start as the identity

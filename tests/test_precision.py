@@ -77,7 +77,7 @@ def test_bf16_keeps_the_top_boxes_of_fp32():
     kept) at least 45 of fp32's top 50 boxes have a bf16 box at IoU > 0.9.
     Random weights are a harsh case: nothing in them damps bf16's rounding
     (measured: min IoU 0.94 here; the full random ResNet152 network drifts
-    much further, see the README), so the trained default model is held to
+    much further, see docs/speed.md), so the trained default model is held to
     IoU > 0.95 in test_default_model_bf16_matches_fp32.
     """
     import copy
