@@ -59,6 +59,7 @@ __all__ = [
     "cached_path",
     "resolve_weights",
     "download",
+    "file_sha256",
     "is_url",
 ]
 
@@ -200,14 +201,15 @@ def _check_file(path: Path, size: Optional[int], sha256: Optional[str], what: st
             f"{what}: {path} has {path.stat().st_size} bytes, expected {size}; delete it to download it again"
         )
     if sha256 is not None:
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != sha256.lower():
             raise WeightsDownloadError(
                 f"{what}: {path} has SHA-256 {digest}, expected {sha256.lower()}; delete it to download it again"
             )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: "os.PathLike[str]") -> str:
+    """The SHA-256 hex digest of a file (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

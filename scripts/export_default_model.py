@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dsfd.models  # noqa: E402
+from dsfd.hub import file_sha256  # noqa: E402
 
 
 def _iso(t: float) -> str:
@@ -73,16 +74,6 @@ def _train_command(run_args: dict) -> str:
     return " ".join(parts)
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _training_record(log: str) -> dict:
     """What one training run did, from its log.jsonl (the last start holds the final arguments)."""
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
@@ -114,7 +105,7 @@ def _training_record(log: str) -> dict:
     if init:
         record["pretrained"] = {"spec": init}
         if os.path.isfile(init):
-            record["pretrained"].update({"file": os.path.basename(init), "sha256": _sha256(init),
+            record["pretrained"].update({"file": os.path.basename(init), "sha256": file_sha256(init),
                                          "bytes": os.path.getsize(init)})
     if run_args.get("init_weights"):
         record["initialised_from"] = run_args["init_weights"]

@@ -24,7 +24,6 @@ narrowed to 144, since the FEM and heads on them, not the body, set the cost.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -263,10 +262,3 @@ def load_mobilenet_v2_features(backbone: MobileNetV2Backbone, weights: PathLike)
     backbone.features.load_state_dict(src, strict=True)
     return [f"features.{k}" for k in src]
 
-
-def file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
