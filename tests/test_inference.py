@@ -272,6 +272,20 @@ def test_cli_detect_packaged_photo_with_default_model(tmp_path):
     assert not np.array_equal(drawn, cv2.imread(str(GRACE_HOPPER)))  # boxes were drawn
 
 
+def test_cli_filters_before_nms_at_the_drawing_floor_with_the_same_boxes(tmp_path):
+    """dsfd detect lifts the pre-NMS threshold to the lowest score it keeps: the same boxes, fewer to sort."""
+    outs = {}
+    for name, extra in (("floor", []), ("all", ["--score-threshold", "0.001"])):
+        out = tmp_path / name
+        assert cli_main(["detect", str(GRACE_HOPPER), "--out", str(out), "--quiet", "--no-draw", "--min-score",
+                         "0.05", *extra]) == 0
+        outs[name] = json.loads((out / "grace_hopper.json").read_text())["detections"]
+        summary = json.loads((out / "summary.json").read_text())
+        expected = "score_threshold=0.049999" if name == "floor" else "score_threshold=0.001"
+        assert expected in summary["detector"], summary["detector"]
+    assert len(outs["floor"]) >= 2 and outs["floor"] == outs["all"]
+
+
 def test_load_detector_contract(tmp_path, tiny_model):
     """The ``dsfd eval --weights`` contract: BGR uint8 in, [K, 5] array out."""
     ckpt = tmp_path / "tiny.pth"
