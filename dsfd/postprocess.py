@@ -93,7 +93,11 @@ def decode_detections(
     ``loc[B, A, 4]`` offsets, ``conf[B, A, 2]`` logits, ``anchors[A, 4]``
     normalised ``cx, cy, w, h``; ``height`` x ``width`` is the network input.
     """
-    scores = torch.softmax(conf.float(), dim=-1)[..., 1]
+    if conf.shape[-1] == 2:
+        # softmax(z)[1] == sigmoid(z1 - z0): one elementwise pass instead of a softmax over pairs
+        scores = torch.sigmoid(conf[..., 1].float() - conf[..., 0].float())
+    else:
+        scores = torch.softmax(conf.float(), dim=-1)[..., 1]
     loc = torch.cat([loc[..., :2].float(), loc[..., 2:].float().clamp(max=max_size_exponent(variances))], -1)
     boxes = ops.decode_boxes(loc, anchors.float().contiguous(), variances)
     boxes[..., 0::2] *= width

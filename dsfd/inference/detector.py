@@ -203,7 +203,7 @@ class Detector:
         self._mean = torch.tensor(self.model.pixel_mean, device=self.device).view(1, 3, 1, 1)
         self._low_precision_input = self.dtype in (torch.bfloat16, torch.float16) and all(
             float(v).is_integer() and abs(v) <= 256 for v in self.model.pixel_mean)
-        self._mean_low = self._mean.to(self.dtype) if self._low_precision_input else self._mean
+        self._mean_hwc = self._mean.view(3)
         # the padding value: exactly zero after normalisation
         self._mean_u8 = np.array([round(v) for v in self.model.pixel_mean], dtype=np.uint8)
         self._padding = PaddingMask(
@@ -452,11 +452,12 @@ class Detector:
         ``-255..255``, exact in both, so this is what the first convolution's
         autocast cast would give, one full-size conversion pass earlier.
         """
-        x = images_u8.permute(0, 3, 1, 2)  # NHWC storage: channels_last already
+        # on the NHWC storage (the permuted result is channels_last already), in float32: measured 4x
+        # faster than the same subtraction in bf16 or on the permuted view (0.48 vs 1.95 ms at 640x480)
+        x = images_u8.float() - self._mean_hwc
         if self._low_precision_input:
-            x = x.to(self.dtype) - self._mean_low
-        else:
-            x = x.float() - self._mean
+            x = x.to(self.dtype)
+        x = x.permute(0, 3, 1, 2)
         return x if self.channels_last else x.contiguous()
 
     def run_network(self, x: Tensor, cache_enabled: bool = True) -> Any:
