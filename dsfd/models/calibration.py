@@ -97,12 +97,18 @@ def calibrate_random_model(
         sums[mod] = sums.get(mod, 0.0) + (v if math.isfinite(v) else math.inf)
 
     handles = [m.register_forward_hook(hook) for m in locs + confs]
+    # the hooks need the head convs called as modules, not fused into one convolution
+    fused = [m for m in model.modules() if getattr(m, "fuse_branches", None) is True]
+    for m in fused:
+        m.fuse_branches = False
     try:
         for x in xs:
             model(x)
     finally:
         for hd in handles:
             hd.remove()
+        for m in fused:
+            m.fuse_branches = True
     loc_set = set(locs)
     for m in locs + confs:
         std = sums.get(m, 0.0) / len(xs)

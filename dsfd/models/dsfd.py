@@ -113,7 +113,8 @@ class DSFD(PaperDSFDInterface, nn.Module):
         aspect_ratio: anchor height : width (1.5).
         clip_anchors: clamp anchors to ``[0, 1]`` (the released code does; default off).
         fem_dilation: dilation of the FEM branch convs (3).
-        fuse_branches: run the FEM branch stems as one conv in eval mode.
+        fuse_branches: in eval mode, run the FEM branch stems as one conv, and each
+            level's box and class head convs as one.
         upsample_align_corners: bilinear convention of the FEM top-down path (``False``).
         fem_norm: BatchNorm after every FEM conv, for training from scratch
             (see :class:`~dsfd.models.fem.FeatureEnhanceModule`);
@@ -178,8 +179,10 @@ class DSFD(PaperDSFDInterface, nn.Module):
         self.enhanced_norms = nn.ModuleList(
             [L2Norm(ch[i], s) for i, s in enumerate(scales)] if self.use_fem else []
         )
-        self.first_shot_head: Optional[DSFDHead] = DSFDHead(ch, num_classes) if self.use_pal else None
-        self.second_shot_head = DSFDHead(ch, num_classes)
+        self.first_shot_head: Optional[DSFDHead] = (
+            DSFDHead(ch, num_classes, fuse=fuse_branches) if self.use_pal else None
+        )
+        self.second_shot_head = DSFDHead(ch, num_classes, fuse=fuse_branches)
         self.first_shot_anchors: Optional[AnchorGenerator] = (
             AnchorGenerator(first_shot_sizes, steps, aspect_ratio, clip_anchors) if self.use_pal else None
         )

@@ -60,14 +60,19 @@ class DSFDHead(nn.Module):
         in_channels: channels of each level's input map.
         num_classes: classes including background (2).
         num_anchors: anchors per location (1).
+        fuse: in eval mode run each level's two convs as one (same input, same
+            3x3 kernel; the weights are concatenated once and cached).
 
     ``forward(features) -> (loc [B, A, 4], conf [B, A, num_classes])``.
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int = 2, num_anchors: int = 1) -> None:
+    def __init__(self, in_channels: Sequence[int], num_classes: int = 2, num_anchors: int = 1,
+                 fuse: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
+        #: eval mode: run each level's box and class convs as one convolution
+        self.fuse_branches = bool(fuse)
         self.loc = nn.ModuleList([nn.Conv2d(c, num_anchors * 4, kernel_size=3, padding=1) for c in in_channels])
         self.conf = nn.ModuleList(
             [nn.Conv2d(c, num_anchors * num_classes, kernel_size=3, padding=1) for c in in_channels]
@@ -80,13 +85,33 @@ class DSFDHead(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
+        from .fem import _FusedConvCache
+
+        self._fused = [_FusedConvCache() for _ in in_channels]  # plain objects: never in the state_dict
 
     def num_anchors_per_location(self) -> List[int]:
         return [self.num_anchors] * len(self.loc)
 
+    def train(self, mode: bool = True) -> "DSFDHead":
+        if mode:
+            for cache in self._fused:
+                cache.clear()
+        return super().train(mode)
+
     def forward(self, features: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
         if len(features) != len(self.loc):
             raise ValueError(f"expected {len(self.loc)} feature maps, got {len(features)}")
+        if self.fuse_branches and not self.training:
+            # eval: each level's box and class convs read the same map with the same 3x3 kernel, so
+            # they run as one convolution (weights concatenated once, cached; see dsfd.models.fem)
+            n_loc = self.num_anchors * 4
+            outs = []
+            for cache, lc, cc, x in zip(self._fused, self.loc, self.conf, features):
+                w, b, pad, d = cache.get([lc, cc])
+                outs.append(F.conv2d(x, w, b, padding=pad, dilation=d))
+            loc = flatten_levels([o[:, :n_loc] for o in outs], 4)
+            conf = flatten_levels([o[:, n_loc:] for o in outs], self.num_classes)
+            return loc, conf
         loc = flatten_levels([m(x) for m, x in zip(self.loc, features)], 4)
         conf = flatten_levels([m(x) for m, x in zip(self.conf, features)], self.num_classes)
         return loc, conf
