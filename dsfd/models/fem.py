@@ -263,10 +263,12 @@ class FEMBranches(_FusingModule):
             return self._forward_norm(x)
         if self._use_fused():
             c1, c2, _ = self.split
-            y = self._fused_conv(self._stem_cache, self.first_convs(), x)
+            # one ReLU over the whole stem output: branches 2 and 3 need it, and on branch 1 it is what
+            # the final ReLU does anyway (ReLU twice is ReLU); cheaper than ReLUs on channel slices
+            y = F.relu(self._fused_conv(self._stem_cache, self.first_convs(), x), inplace=True)
             x1 = y[:, :c1]
-            x2 = self.branch2[2](F.relu(y[:, c1 : c1 + c2]))
-            x3 = self.branch3[4](F.relu(self.branch3[2](F.relu(y[:, c1 + c2 :]))))
+            x2 = self.branch2[2](y[:, c1 : c1 + c2])
+            x3 = self.branch3[4](F.relu(self.branch3[2](y[:, c1 + c2 :])))
         else:
             x1 = _conv(self.branch1, x)
             x2 = _conv(self.branch2[2], F.relu(_conv(self.branch2[0], x)))
