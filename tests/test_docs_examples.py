@@ -20,8 +20,8 @@ How an example runs:
   boxes scaled, the split files and the ground-truth ``.mat`` files cut to
   them (plus every ``WIDER_val`` photo a page names, full size and outside
   the ground truth);
-  ``data/widerface_extra`` the first 2 photos of two events; ``fixtures``
-  and ``data/fddb`` link to the real ones.
+  ``data/widerface_extra`` the first 2 photos of two events; ``fixtures``,
+  ``weights`` (pretrained files) and ``data/fddb`` link to the real ones.
   ``DSFD_WIDER_ROOT`` / ``DSFD_FIXTURES_ROOT`` / ``DSFD_FDDB_ROOT`` point there
   too, and ``TORCH_HOME`` to an empty folder of the copy. The copy also holds
   ``photos/`` (three photos) and ``clip.mp4`` (a 2-second video) for the
@@ -222,7 +222,7 @@ def mini_shared(tmp_path_factory):
     shared = tmp_path_factory.mktemp("docs_examples") / "shared"
     data = shared / "data"
     data.mkdir(parents=True)
-    status = {"wider": False, "fixtures": False}
+    status = {"wider": False, "fixtures": False, "weights": False}
     src = wider_root()
     if (src / "WIDER_val" / "images").is_dir() and (src / "ground_truth").is_dir():
         import numpy as np
@@ -254,6 +254,10 @@ def mini_shared(tmp_path_factory):
     if fixtures_root().is_dir():
         (shared / "fixtures").symlink_to(fixtures_root())
         status["fixtures"] = True
+    weights = repo_root().parent / "shared" / "weights"  # pretrained files to start a backbone from
+    status["weights"] = weights.is_dir()
+    if status["weights"]:
+        (shared / "weights").symlink_to(weights)
     if fddb_root().is_dir():
         (data / "fddb").symlink_to(fddb_root())
     return shared, status
@@ -320,6 +324,8 @@ class PageRun:
             return f"needs the WIDER FACE data at {wider_root()} (DSFD_WIDER_ROOT)"
         if "../shared/fixtures" in ex.code and not self.status["fixtures"]:
             return f"needs the test fixtures at {fixtures_root()} (DSFD_FIXTURES_ROOT)"
+        if "../shared/weights" in ex.code and not self.status["weights"]:
+            return f"needs the pretrained files at {repo_root().parent / 'shared' / 'weights'}"
         return None
 
     def run(self, index: int, monkeypatch) -> None:
