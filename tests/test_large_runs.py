@@ -374,10 +374,10 @@ def test_long_video_streams_with_flat_memory(tmp_path):
 
 
 def test_torchrun_cli_two_cpu_ranks_match_one_process(tmp_path):
-    """The torchrun command of docs/detection.md on the CPU (gloo), with the packaged model."""
+    """The torchrun command of docs/detection.md on the CPU (gloo), with the packaged model, anonymising."""
     photos = tmp_path / "photos"
     make_photos(photos, 6)
-    common = [str(photos), "--format", "coco", "--workers", "0", "--quiet", "--no-draw", "--device", "cpu",
+    common = [str(photos), "--format", "coco", "--workers", "0", "--quiet", "--anonymize", "pixelate", "--device", "cpu",
               "--dtype", "float32", "--min-score", "0.02",  # keep weak boxes: the comparison must not be vacuous
               "--batch-size", "1"]  # batches of mixed sizes are padded, which moves weak boxes
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -392,6 +392,10 @@ def test_torchrun_cli_two_cpu_ranks_match_one_process(tmp_path):
     summary = json.loads((ranks / "summary.json").read_text())
     assert summary["world_size"] == 2 and [r["images"] for r in summary["ranks"]] == [3, 3]
     assert summary["dtype"] == "float32" and summary["images"] == 6
+    # each rank wrote the anonymised copies of its photos
+    for src in sorted(photos.rglob("*.jpg")):
+        copy = cv2.imread(str(ranks / src.relative_to(photos)))
+        assert copy is not None and copy.shape == cv2.imread(str(src)).shape
     a = json.loads((single / "coco_results.json").read_text())
     b = json.loads((ranks / "coco_results.json").read_text())
     assert len(a) == len(b) > 6
