@@ -30,6 +30,10 @@ mkdir -p "$WORK"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" MPLBACKEND=Agg
+# The device image sets CC/CXX to a bare /opt/gcc toolchain; an extension built with it segfaults on the
+# first error an op raises (the C++ exception unwinder crashes; seen 2026-12-04). The system GCC 13.3 is
+# the one torch was built with: use it.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 [ -d .gpu_data/widerface ] && export DSFD_WIDER_ROOT="$PWD/.gpu_data/widerface"
 summary="$WORK/summary.txt"
 : > "$summary"
@@ -54,7 +58,8 @@ finish() {
   cp dsfd/_C*.so "$WORK/" 2>/dev/null  # the extension built there (a rerun with unchanged csrc/ can carry it)
   if [ -n "${OUT:-}" ] && [ "$WORK" != "$OUT" ]; then
     cp "$summary" "$OUT/summary.txt"
-    tar czf "$OUT/gpu_check.tgz" -C "$WORK" . 2>/dev/null
+    # logs and JSON only: the .so, checkpoints and drawn images would pass the 16 MiB a returned file may have
+    tar czf "$OUT/gpu_check.tgz" --exclude='*.so' --exclude='*.pt' --exclude='*.jpg' --exclude='*.png' -C "$WORK" . 2>/dev/null
   fi
 }
 trap finish EXIT
@@ -62,6 +67,7 @@ trap finish EXIT
 note "== gpu_check $(date -u +%FT%TZ) stages: $STAGES =="
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$summary"
 $PY -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name(0))" 2>&1 | tee -a "$summary"
+note "compiler: ${CXX:-default} ($(${CXX:-c++} --version 2>&1 | head -1))"
 note "WIDER root: ${DSFD_WIDER_ROOT:-none (data tests skip)}"
 
 if want build; then

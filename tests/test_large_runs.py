@@ -402,3 +402,23 @@ def test_torchrun_cli_two_cpu_ranks_match_one_process(tmp_path):
     for x, y in zip(sorted(a, key=lambda r: (r["image_id"], -r["score"])), sorted(b, key=lambda r: (r["image_id"], -r["score"]))):
         assert x["image_id"] == y["image_id"] and x["score"] == pytest.approx(y["score"], abs=1e-4)
         assert x["bbox"] == pytest.approx(y["bbox"], abs=0.05)
+
+
+def test_torchrun_ranks_get_indexed_cuda_devices(monkeypatch):
+    """torch.cuda.set_device refuses a bare "cuda" (torch 2.11, seen on the H200): each rank of a
+    multi-rank run gets cuda:LOCAL_RANK (modulo the GPU count), also when --device cuda was given."""
+    from dsfd.inference.cli import _device_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for local, want in ((0, "cuda:0"), (1, "cuda:1"), (3, "cuda:1")):
+        info = RankInfo(rank=local, world_size=4, local_rank=local)
+        assert _device_for(info, None) == want
+        assert _device_for(info, "cuda") == want
+        assert _device_for(info, "cuda:0") == "cuda:0"  # an explicit index is kept
+        assert _device_for(info, "cpu") == "cpu"
+    single = RankInfo()
+    assert _device_for(single, "cuda") == "cuda" and _device_for(single, None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device_for(RankInfo(rank=1, world_size=2, local_rank=1), None) == "cpu"
+    assert _device_for(RankInfo(rank=1, world_size=2, local_rank=1), "cuda") == "cuda"  # the Detector says no GPU

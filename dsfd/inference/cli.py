@@ -121,10 +121,13 @@ def _device_for(info: RankInfo, requested: Optional[str]) -> Optional[str]:
     """``cuda:LOCAL_RANK`` for each rank of a multi-rank run on GPUs; otherwise what was asked."""
     import torch
 
-    if requested is not None or not info.distributed:
+    if not info.distributed:
+        return requested
+    if requested is not None and requested != "cuda":
         return requested
     if not torch.cuda.is_available():
-        return "cpu"
+        return requested or "cpu"  # "cuda" without a GPU: the Detector says so
+    # a bare "cuda" too: each rank its own GPU (torch.cuda.set_device needs an index)
     return f"cuda:{info.local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: they share
 
 
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
         if not dist.is_initialized():
             if device is not None and str(device).startswith("cuda"):
-                torch.cuda.set_device(torch.device(device))
+                torch.cuda.set_device(torch.device(device))  # an indexed device (see _device_for)
             # gloo even on GPUs: the ranks only exchange small summaries at the end, and gloo
             # (unlike NCCL) lets several ranks share one GPU
             dist.init_process_group("gloo")

@@ -28,6 +28,10 @@ class GraphCache:
         self.enabled = True
         self._graphs: "OrderedDict[Hashable, Dict[str, Any]]" = OrderedDict()
 
+    def __len__(self) -> int:
+        """Number of captured graphs held."""
+        return len(self._graphs)
+
     def replay(
         self, key: Hashable, inputs: Outputs, run: Callable[..., Outputs], keep_alive: Callable[[], Any]
     ) -> Optional[Outputs]:

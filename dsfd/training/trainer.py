@@ -239,6 +239,8 @@ class Trainer:
         if device.type == "cuda" and self.info.distributed:
             device = torch.device("cuda", self.info.local_rank)
         if device.type == "cuda":
+            if device.index is None:  # torch.cuda.set_device wants an index (torch 2.11 refuses a bare "cuda")
+                device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         self.device = device
         self.amp_dtype = _amp_dtype(cfg, device)
