@@ -37,6 +37,7 @@ sizes - also the mode for CUDA graphs and ``torch.compile``.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -102,7 +103,9 @@ class Detector:
             its activations' memory (at most ``max_graphs = 4`` shapes, LRU),
             so use it with a fixed ``input_size`` or constant video frame
             sizes. Accuracy mode always runs eagerly. If capture fails the
-            detector warns and runs eagerly.
+            detector warns and runs eagerly. Experimental: on an H200 the
+            bf16 graphs of real models gave boxes unlike the eager ones
+            (docs/speed.md, "GPU"); it warns until that is resolved.
         max_size: images whose longer side exceeds it are downscaled (with a
             warning) and their boxes mapped back; not applied in accuracy mode,
             whose protocol caps the scales itself.
@@ -212,6 +215,9 @@ class Detector:
         self._network = torch.compile(self.model) if compile else self.model
         self.compiled = bool(compile)
         self.cuda_graphs = bool(cuda_graphs)
+        if self.cuda_graphs:
+            warnings.warn("cuda_graphs=True is experimental: on an H200 its bf16 results differed from the eager "
+                          "pipeline's for real models (docs/speed.md, 'GPU'); compare with cuda_graphs=False")
         self._graphs = GraphCache(self.device)
         self._staging: Dict[Tuple[int, int, int], List[Any]] = {}  # pinned canvases for the GPU, see _upload_canvas
 
