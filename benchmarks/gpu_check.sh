@@ -101,6 +101,12 @@ fi
 if want bench; then
   FPS=($PY benchmarks/fps.py --device cuda --res vga --dtype bfloat16 --cuda-graphs --iters 30 --warmup 5)
   run fps_default 120 "${FPS[@]}" --weights default --batch 1,64 --out "$WORK/fps_cuda_vga_default.json"
+  # bisect the 2026-12-04 defect (bf16 + CUDA graphs disagreed with eager fp32): graphs in fp32, bf16 without graphs
+  run fps_graphs_fp32 90 $PY benchmarks/fps.py --device cuda --res vga --dtype float32 --cuda-graphs --iters 10 --warmup 3 \
+    --weights default --batch 1 --out "$WORK/fps_cuda_graphs_fp32.json"
+  run fps_bf16_eager 90 $PY benchmarks/fps.py --device cuda --res vga --dtype bfloat16 --iters 10 --warmup 3 \
+    --weights default --batch 1 --out "$WORK/fps_cuda_bf16_eager.json"
+  grep -h "agreement" "$WORK"/fps_graphs_fp32.log "$WORK"/fps_bf16_eager.log "$WORK"/fps_default.log | tee -a "$summary"
   run fps_resnet50 150 "${FPS[@]}" --network paper --backbone resnet50 --batch 1,32 --out "$WORK/fps_cuda_vga_paper_resnet50.json"
   run fps_resnet152 120 "${FPS[@]}" --network released --backbone resnet152 --batch 1 --out "$WORK/fps_cuda_vga_released_resnet152.json"
   grep -hE "^(dsfd|baseline)" "$WORK"/fps_*.log >> "$summary"
