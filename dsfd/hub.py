@@ -130,7 +130,10 @@ register_weights(
     WeightsInfo(
         name="default",
         filename="default.pth",
-        description="the packaged default model: paper DSFD, lite backbone, 2.13 M parameters (below its targets, see docs/models.md)",
+        description=(
+            "the packaged default model: paper DSFD, mobilenet0.25 backbone started from RetinaFace's body, "
+            "1.13 M parameters (WIDER val AP 0.817 / 0.781 / 0.549, see docs/models.md)"
+        ),
         packaged=True,
     )
 )

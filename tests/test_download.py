@@ -129,7 +129,7 @@ def test_default_name_is_the_packaged_file(cache):
     path, info = hub.resolve_weights("default")
     assert path == REPO / "dsfd" / "weights" / "default.pth" and info.packaged
     model = load_weights("default")
-    assert model.config["backbone"] == "lite" and not cache.exists()  # nothing downloaded
+    assert model.config["backbone"] == "mobilenet0.25" and not cache.exists()  # nothing downloaded
 
 
 def test_unknown_name_lists_the_known_ones():
