@@ -322,6 +322,40 @@ def test_whole_paper_model_fused_equals_unfused():
     torch.testing.assert_close(a.conf, b.conf, rtol=0, atol=1e-10)
 
 
+def test_paper_head_fused_equals_separate_convs():
+    """Eval: each level's box and class convs run as one convolution; same outputs, same state_dict."""
+    from dsfd.models.heads import DSFDHead
+
+    torch.manual_seed(0)
+    ch = [7, 12, 5]
+    head = DSFDHead(ch, num_classes=2).double().eval()
+    for p in head.parameters():  # not the near-zero init: every output channel must matter
+        torch.nn.init.normal_(p)
+    feats = [torch.randn(2, c, 9 - i, 6 + i, dtype=torch.float64) for i, c in enumerate(ch)]
+    keys = sorted(head.state_dict())
+    with torch.no_grad():
+        fused = head(feats)
+        head.fuse_branches = False
+        ref = head(feats)
+        head.fuse_branches = True
+        # the cached fused weights follow an in-place parameter update
+        head.conf[1].weight.add_(0.25)
+        head.loc[2].bias.sub_(1.0)
+        fused2 = head(feats)
+        head.fuse_branches = False
+        ref2 = head(feats)
+    for a, b in zip(fused + fused2, ref + ref2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert not torch.allclose(fused[1], fused2[1]) and not torch.allclose(fused[0], fused2[0])
+    assert sorted(head.state_dict()) == keys  # the cache never enters the state_dict
+    # training mode runs the separate convs (gradients reach both)
+    head.fuse_branches = True
+    head.train()
+    loc, conf = head(feats)
+    (loc.sum() + conf.sum()).backward()
+    assert head.loc[0].weight.grad is not None and head.conf[0].weight.grad is not None
+
+
 # ----------------------------------------------------------------------------- FEM norm (training from scratch)
 
 

@@ -203,10 +203,9 @@ class Detector:
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self._mean = torch.tensor(self.model.pixel_mean, device=self.device).view(1, 3, 1, 1)
+        self._mean_hwc = torch.tensor(self.model.pixel_mean, device=self.device)  # BGR, for NHWC input
         self._low_precision_input = self.dtype in (torch.bfloat16, torch.float16) and all(
             float(v).is_integer() and abs(v) <= 256 for v in self.model.pixel_mean)
-        self._mean_hwc = self._mean.view(3)
         # the padding value: exactly zero after normalisation
         self._mean_u8 = np.array([round(v) for v in self.model.pixel_mean], dtype=np.uint8)
         self._padding = PaddingMask(
