@@ -82,9 +82,17 @@ if _has_ops():
         )
 
     @torch.library.register_fake("dsfd::hard_negative_mask")
-    def _hnm_fake(conf_loss, labels, neg_pos_ratio=3):
+    def _hnm_fake(conf_loss, labels, neg_pos_ratio=3, min_negatives=0):
         torch._check(conf_loss.dim() == 2 and labels.shape == conf_loss.shape, lambda: "dsfd::hard_negative_mask: shapes")
         return conf_loss.new_empty(conf_loss.shape, dtype=torch.bool)
+
+    @torch.library.register_fake("dsfd::ignore_anchors")
+    def _ignore_fake(anchors, labels, ignore_boxes, ignore_counts, iou_threshold=0.1):
+        _check_boxes(anchors, 2, "anchors", "dsfd::ignore_anchors")
+        _check_boxes(ignore_boxes, 3, "ignore_boxes", "dsfd::ignore_anchors")
+        torch._check(labels.dim() == 2 and labels.shape[0] == ignore_boxes.shape[0] and labels.shape[1] == anchors.shape[0],
+                     lambda: "dsfd::ignore_anchors: labels must be [B, A]")
+        return labels.new_empty(labels.shape, dtype=torch.int64)
 
     @torch.library.register_fake("dsfd::upsample_mul")
     def _upsample_mul_fake(upper, lateral, align_corners=False, relu=False):

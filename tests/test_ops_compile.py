@@ -28,6 +28,8 @@ def samples():
         (torch.ops.dsfd.match_anchors.default, (anchors, gt, torch.tensor([3, 1]), 0.4, None, 0.1, 0.2)),
         (torch.ops.dsfd.match_anchors.default, (anchors, gt, torch.tensor([3, 1]), 0.4, 0.3, 0.1, 0.2)),
         (torch.ops.dsfd.hard_negative_mask.default, (loss, labels, 3)),
+        (torch.ops.dsfd.hard_negative_mask.default, (loss, labels, 3, 20)),
+        (torch.ops.dsfd.ignore_anchors.default, (anchors, labels, gt, torch.tensor([3, 1]), 0.1)),
         (torch.ops.dsfd.upsample_mul.default, (upper, lateral, False, True)),
         (torch.ops.dsfd.upsample_mul.default, (upper, lateral, True, False)),
     ]

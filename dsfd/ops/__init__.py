@@ -38,6 +38,7 @@ __all__ = [
     "box_voting",
     "match_anchors",
     "hard_negative_mask",
+    "ignore_anchors",
     "upsample_mul",
     "compiled_available",
     "require_compiled",
@@ -143,9 +144,16 @@ def match_anchors(
     return _impl().match_anchors(anchors, gt_boxes, gt_counts, iou_threshold, ignore_threshold, variances)
 
 
-def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3) -> Tensor:
+def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3, min_negatives: int = 0) -> Tensor:
     """Positives plus the hardest negatives per image (see :func:`dsfd.ops.compiled.hard_negative_mask`)."""
-    return _impl().hard_negative_mask(conf_loss, labels, neg_pos_ratio)
+    return _impl().hard_negative_mask(conf_loss, labels, neg_pos_ratio, min_negatives)
+
+
+def ignore_anchors(
+    anchors: Tensor, labels: Tensor, ignore_boxes: Tensor, ignore_counts: Tensor, iou_threshold: float = 0.1
+) -> Tensor:
+    """Background anchors on ignore regions become -1 (see :func:`dsfd.ops.compiled.ignore_anchors`)."""
+    return _impl().ignore_anchors(anchors, labels, ignore_boxes, ignore_counts, iou_threshold)
 
 
 def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:

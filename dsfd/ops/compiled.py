@@ -8,7 +8,7 @@ kernel tests and benchmarks, which must measure the kernels themselves.
 
 from .boxes import batched_nms, box_iou, box_voting, decode_boxes, encode_boxes, nms
 from .fem import upsample_mul
-from .matching import hard_negative_mask, match_anchors
+from .matching import hard_negative_mask, ignore_anchors, match_anchors
 
 __all__ = [
     "box_iou",
@@ -19,5 +19,6 @@ __all__ = [
     "box_voting",
     "match_anchors",
     "hard_negative_mask",
+    "ignore_anchors",
     "upsample_mul",
 ]

@@ -11,7 +11,7 @@ from ..constants import BOX_VARIANCES
 from ..extension import _assert_has_ops
 from .boxes import _check_variances
 
-__all__ = ["match_anchors", "hard_negative_mask"]
+__all__ = ["match_anchors", "hard_negative_mask", "ignore_anchors"]
 
 
 def match_anchors(
@@ -56,14 +56,42 @@ def match_anchors(
     )
 
 
-def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3) -> Tensor:
-    """Positives plus the hardest ``min(neg_pos_ratio * num_pos, A - 1)`` negatives per image.
+def ignore_anchors(
+    anchors: Tensor, labels: Tensor, ignore_boxes: Tensor, ignore_counts: Tensor, iou_threshold: float = 0.1
+) -> Tensor:
+    """Background anchors overlapping an ignore region become ignored (-1), batched, on the tensors' device.
+
+    The regions are faces that training must neither learn as faces nor as
+    background: faces a crop made too small or cut off, invalid-flagged
+    faces, crowds. Positives keep their label, so this runs after
+    :func:`match_anchors`; :func:`hard_negative_mask` never mines -1.
+
+    Args:
+        anchors: ``Tensor[A, 4]`` ``cx, cy, w, h`` (normalised).
+        labels: ``int Tensor[B, A]`` (1 / 0 / -1).
+        ignore_boxes: ``Tensor[B, M, 4]`` normalised corner boxes, padded per image.
+        ignore_counts: ``int Tensor[B]``: real rows of ``ignore_boxes[b]``
+            (read on the device, never synced).
+        iou_threshold: an anchor with IoU ``>=`` this with a region is
+            ignored (0.1: the smallest anchors on a face of 5 px or more).
+
+    Returns:
+        new ``int64 Tensor[B, A]`` labels.
+    """
+    _assert_has_ops()
+    return torch.ops.dsfd.ignore_anchors(anchors, labels, ignore_boxes, ignore_counts, float(iou_threshold))
+
+
+def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3, min_negatives: int = 0) -> Tensor:
+    """Positives plus the hardest ``min(max(neg_pos_ratio * num_pos, min_negatives), A - 1)`` negatives per image.
 
     Args:
         conf_loss: ``Tensor[B, A]`` per-anchor classification loss.
         labels: ``int Tensor[B, A]`` from :func:`match_anchors` (-1 anchors
             are never mined).
         neg_pos_ratio: negatives per positive (3 in SSD/DSFD).
+        min_negatives: negatives mined at least, whatever the positives (0:
+            SSD; a positive value lets photos without faces teach background).
 
     Returns:
         ``bool Tensor[B, A]``. Ties in loss go to the lower anchor index; NaN
@@ -73,4 +101,6 @@ def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3
     _assert_has_ops()
     if neg_pos_ratio < 0:
         raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
-    return torch.ops.dsfd.hard_negative_mask(conf_loss, labels, int(neg_pos_ratio))
+    if min_negatives < 0:
+        raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
+    return torch.ops.dsfd.hard_negative_mask(conf_loss, labels, int(neg_pos_ratio), int(min_negatives))

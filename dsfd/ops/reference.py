@@ -36,6 +36,7 @@ __all__ = [
     "batched_nms",
     "match_anchors",
     "hard_negative_mask",
+    "ignore_anchors",
     "upsample_mul",
     "box_voting",
     "anchors_to_corners",
@@ -225,18 +226,19 @@ def match_anchors(
     return labels, matched, targets
 
 
-def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3) -> Tensor:
+def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3, min_negatives: int = 0) -> Tensor:
     """Positives plus the hardest negatives per image.
 
     Negatives are anchors with label 0 (label -1 is ignored, never mined).
-    Per image ``k = min(neg_pos_ratio * num_pos, A - 1)`` negatives with the
-    largest ``conf_loss`` are kept (ties: lower anchor index first; NaN counts
-    as the largest, as in ``torch.sort``).
+    Per image ``k = min(max(neg_pos_ratio * num_pos, min_negatives), A - 1)``
+    negatives with the largest ``conf_loss`` are kept (ties: lower anchor
+    index first; NaN counts as the largest, as in ``torch.sort``).
+    ``min_negatives`` lets an image without faces teach background too.
     """
     B, A = conf_loss.shape
     is_neg = labels == 0
     num_pos = (labels > 0).sum(1, keepdim=True)
-    num_neg = torch.clamp(neg_pos_ratio * num_pos, max=A - 1)
+    num_neg = torch.clamp(torch.clamp(neg_pos_ratio * num_pos, min=int(min_negatives)), max=A - 1)
     # Hardest first (stable: ties keep the lower index), then negatives in
     # front of everything else, keeping that order.
     order = torch.sort(_acc(conf_loss), dim=1, descending=True, stable=True).indices
@@ -246,6 +248,30 @@ def hard_negative_mask(conf_loss: Tensor, labels: Tensor, neg_pos_ratio: int = 3
     rank.scatter_(1, order, torch.arange(A, device=conf_loss.device).expand(B, A).contiguous())
     neg = (rank < num_neg) & is_neg
     return neg | (labels > 0)
+
+
+def ignore_anchors(
+    anchors: Tensor, labels: Tensor, ignore_boxes: Tensor, ignore_counts: Tensor, iou_threshold: float = 0.1
+) -> Tensor:
+    """Background anchors that overlap an ignore region become ignored (-1).
+
+    ``anchors[A, 4]`` are ``cx, cy, w, h``; ``labels[B, A]`` come from
+    :func:`match_anchors`; ``ignore_boxes[B, M, 4]`` are corner boxes, padded
+    per image, of which the first ``ignore_counts[b]`` are real. An anchor
+    labelled 0 whose IoU with any of its image's regions is
+    ``>= iou_threshold`` gets -1; positives and already ignored anchors keep
+    their label. Returns new int64 labels (the input is not modified).
+    """
+    out = labels.to(torch.long, copy=True)
+    corners = anchors_to_corners(_acc(anchors))
+    for b in range(labels.shape[0]):
+        m = int(ignore_counts[b])
+        if m == 0:
+            continue
+        iou = box_iou(_acc(ignore_boxes[b, :m]).to(corners.dtype), corners)  # [m, A]
+        hit = (iou >= iou_threshold).any(0)
+        out[b] = torch.where(hit & (out[b] == 0), torch.full_like(out[b], -1), out[b])
+    return out
 
 
 def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:

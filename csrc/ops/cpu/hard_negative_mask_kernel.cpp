@@ -32,7 +32,8 @@ inline bool harder(const LossIndex<acc_t>& a, const LossIndex<acc_t>& b) {
 }
 
 template <typename scalar_t, typename label_t>
-void hnm_cpu_impl(const scalar_t* loss, const label_t* labels, bool* out, int64_t B, int64_t A, int64_t ratio) {
+void hnm_cpu_impl(const scalar_t* loss, const label_t* labels, bool* out, int64_t B, int64_t A, int64_t ratio,
+                  int64_t min_neg) {
   using acc_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<LossIndex<acc_t>> neg;
@@ -47,7 +48,7 @@ void hnm_cpu_impl(const scalar_t* loss, const label_t* labels, bool* out, int64_
         num_pos += lab[a] > 0;
         if (lab[a] == 0) neg.push_back({static_cast<acc_t>(l[a]), a});
       }
-      const int64_t k = std::min<int64_t>(ratio * num_pos, A - 1);
+      const int64_t k = std::min<int64_t>(std::max<int64_t>(ratio * num_pos, min_neg), A - 1);
       if (k <= 0) continue;
       if (k < static_cast<int64_t>(neg.size())) {
         std::nth_element(neg.begin(), neg.begin() + (k - 1), neg.end(), harder<acc_t>);
@@ -58,8 +59,9 @@ void hnm_cpu_impl(const scalar_t* loss, const label_t* labels, bool* out, int64_
   });
 }
 
-at::Tensor hard_negative_mask_cpu(const at::Tensor& conf_loss, const at::Tensor& labels, int64_t neg_pos_ratio) {
-  check_hnm_inputs(conf_loss, labels, neg_pos_ratio);
+at::Tensor hard_negative_mask_cpu(const at::Tensor& conf_loss, const at::Tensor& labels, int64_t neg_pos_ratio,
+                                  int64_t min_negatives) {
+  check_hnm_inputs(conf_loss, labels, neg_pos_ratio, min_negatives);
   const int64_t B = conf_loss.size(0), A = conf_loss.size(1);
   auto out = at::zeros({B, A}, conf_loss.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
@@ -67,7 +69,7 @@ at::Tensor hard_negative_mask_cpu(const at::Tensor& conf_loss, const at::Tensor&
   auto lab = labels.to(at::kLong).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_hnm_cpu", [&] {
     hnm_cpu_impl<scalar_t, int64_t>(l.data_ptr<scalar_t>(), lab.data_ptr<int64_t>(), out.data_ptr<bool>(), B, A,
-                                    neg_pos_ratio);
+                                    neg_pos_ratio, min_negatives);
   });
   return out;
 }

@@ -26,7 +26,7 @@ __device__ inline uint32_t loss_key(float x) {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kHnmThreads)
     hnm_kernel(const scalar_t* __restrict__ loss, const int64_t* __restrict__ labels, bool* __restrict__ out,
-               int64_t A, int64_t ratio) {
+               int64_t A, int64_t ratio, int64_t min_neg) {
   using Reduce = cub::BlockReduce<int64_t, kHnmThreads>;
   using Scan = cub::BlockScan<int, kHnmThreads>;
   __shared__ union {
@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(kHnmThreads)
     s_num_neg = total_neg;
   }
   __syncthreads();
-  const int64_t k = cuda::imin(ratio * s_num_pos, A - 1);
+  const int64_t wanted = ratio * s_num_pos;
+  const int64_t k = cuda::imin(wanted > min_neg ? wanted : min_neg, A - 1);
   if (k <= 0) return;
   if (k >= s_num_neg) {  // every negative is taken
     for (int64_t a = threadIdx.x; a < A; a += blockDim.x)
@@ -113,8 +114,9 @@ __global__ void __launch_bounds__(kHnmThreads)
   }
 }
 
-at::Tensor hard_negative_mask_cuda(const at::Tensor& conf_loss, const at::Tensor& labels, int64_t neg_pos_ratio) {
-  check_hnm_inputs(conf_loss, labels, neg_pos_ratio);
+at::Tensor hard_negative_mask_cuda(const at::Tensor& conf_loss, const at::Tensor& labels, int64_t neg_pos_ratio,
+                                   int64_t min_negatives) {
+  check_hnm_inputs(conf_loss, labels, neg_pos_ratio, min_negatives);
   c10::cuda::CUDAGuard guard(conf_loss.device());
   const int64_t B = conf_loss.size(0), A = conf_loss.size(1);
   auto out = at::empty({B, A}, conf_loss.options().dtype(at::kBool));
@@ -124,7 +126,8 @@ at::Tensor hard_negative_mask_cuda(const at::Tensor& conf_loss, const at::Tensor
   // Keys are float32 (double losses are ranked at float precision).
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "dsfd_hnm_cuda", [&] {
     hnm_kernel<scalar_t><<<B, kHnmThreads, 0, cuda::stream()>>>(l.data_ptr<scalar_t>(), lab.data_ptr<int64_t>(),
-                                                                 out.data_ptr<bool>(), A, neg_pos_ratio);
+                                                                 out.data_ptr<bool>(), A, neg_pos_ratio,
+                                                                 min_negatives);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
