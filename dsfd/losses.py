@@ -25,6 +25,13 @@ S3FD's scale compensation: a face with fewer than 6 positives takes its
 best remaining background anchors with IoU >= 0.1 up to 6) and ``"ssd"``
 (IoU >= 0.5).
 
+Ignore regions (faces the augmentation dropped, invalid-flagged faces,
+crowds; ``ignore_boxes`` / ``ignore_counts``): after matching,
+:func:`dsfd.ops.ignore_anchors` labels background anchors with IoU
+``>= ignore_iou`` (0.1) with a region -1, so they are neither learnt as
+faces nor mined as background. ``min_negatives`` mines at least that many
+negatives per image (photos without faces teach background too).
+
 Everything is batched (no per-image Python loop with the kernels) and free
 of host-device synchronisation: the positive count stays a tensor.
 """
@@ -137,6 +144,10 @@ class MultiBoxLoss(nn.Module):
             fewer positives get more, see :func:`compensate_matches`; 0: off).
         use_reference_ops: match and mine inside :func:`dsfd.ops.use_reference`
             (the plain-PyTorch references instead of the compiled kernels; tests).
+        ignore_iou: background anchors with IoU ``>=`` this with an ignore
+            region passed to ``forward`` become ignored (``None``: regions
+            are not used).
+        min_negatives: negatives mined per image at least (0: SSD's rule).
     """
 
     def __init__(
@@ -148,6 +159,8 @@ class MultiBoxLoss(nn.Module):
         use_reference_ops: bool = False,
         matching: str = "iam",
         compensation: Optional[int] = None,
+        ignore_iou: Optional[float] = 0.1,
+        min_negatives: int = 0,
     ) -> None:
         super().__init__()
         if matching not in MATCHING_PRESETS:
@@ -163,12 +176,19 @@ class MultiBoxLoss(nn.Module):
         self.variances = (float(variances[0]), float(variances[1]))
         self.ignore_threshold = None if ignore_threshold is None else float(ignore_threshold)
         self.use_reference_ops = bool(use_reference_ops)
+        if ignore_iou is not None and not 0.0 < ignore_iou <= 1.0:
+            raise ValueError(f"ignore_iou must be in (0, 1] or None, got {ignore_iou}")
+        self.ignore_iou = None if ignore_iou is None else float(ignore_iou)
+        if min_negatives < 0:
+            raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
+        self.min_negatives = int(min_negatives)
 
     def extra_repr(self) -> str:
         return (
             f"matching={self.matching!r}, iou_threshold={self.iou_threshold}, compensation={self.compensation}, "
             f"neg_pos_ratio={self.neg_pos_ratio}, variances={self.variances}, "
-            f"ignore_threshold={self.ignore_threshold}, use_reference_ops={self.use_reference_ops}"
+            f"ignore_threshold={self.ignore_threshold}, ignore_iou={self.ignore_iou}, "
+            f"min_negatives={self.min_negatives}, use_reference_ops={self.use_reference_ops}"
         )
 
     @torch.no_grad()
@@ -187,13 +207,35 @@ class MultiBoxLoss(nn.Module):
         return labels, matched, loc_t
 
     @torch.no_grad()
-    def targets(self, anchors: Tensor, gt_boxes: Tensor, gt_counts: Tensor) -> Tuple[Tensor, Tensor]:
-        """``labels[B, A]`` (1 / 0 / -1) and encoded ``loc_targets[B, A, 4]`` (float32)."""
+    def targets(
+        self,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_counts: Tensor,
+        ignore_boxes: Optional[Tensor] = None,
+        ignore_counts: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """``labels[B, A]`` (1 / 0 / -1) and encoded ``loc_targets[B, A, 4]`` (float32).
+
+        With ignore regions (and ``ignore_iou`` set), background anchors on them are -1.
+        """
         labels, _, loc_t = self.match(anchors, gt_boxes, gt_counts)
+        if self.ignore_iou is not None and ignore_boxes is not None and ignore_boxes.shape[1] > 0:
+            if ignore_counts is None:
+                raise ValueError("ignore_boxes need ignore_counts")
+            with ops.use_reference(self.use_reference_ops):
+                labels = ops.ignore_anchors(anchors, labels, ignore_boxes, ignore_counts, self.ignore_iou)
         return labels, loc_t
 
     def forward(
-        self, loc: Tensor, conf: Tensor, anchors: Tensor, gt_boxes: Tensor, gt_counts: Tensor
+        self,
+        loc: Tensor,
+        conf: Tensor,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_counts: Tensor,
+        ignore_boxes: Optional[Tensor] = None,
+        ignore_counts: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """Loss of one shot.
 
@@ -203,6 +245,9 @@ class MultiBoxLoss(nn.Module):
             anchors: ``[A, 4]`` ``cx, cy, w, h`` normalised.
             gt_boxes: ``[B, G, 4]`` normalised corner boxes, zero-padded.
             gt_counts: ``[B]`` number of real boxes per image.
+            ignore_boxes: ``[B, M, 4]`` normalised ignore regions, zero-padded
+                (optional; used when ``ignore_iou`` is set).
+            ignore_counts: ``[B]`` number of real regions per image.
 
         Returns:
             ``{"loss_l", "loss_c", "num_pos"}`` (scalars; ``num_pos`` int64).
@@ -216,7 +261,11 @@ class MultiBoxLoss(nn.Module):
         anchors = anchors.detach().to(dev, torch.float32)
         gt_boxes = gt_boxes.detach().to(dev, torch.float32).reshape(B, -1, 4)
         gt_counts = gt_counts.detach().to(dev, torch.int64).reshape(B)
-        labels, loc_t = self.targets(anchors, gt_boxes, gt_counts)
+        if ignore_boxes is not None:
+            ignore_boxes = ignore_boxes.detach().to(dev, torch.float32).reshape(B, -1, 4)
+            ignore_counts = (torch.zeros(B, dtype=torch.int64, device=dev) if ignore_counts is None
+                             else ignore_counts.detach().to(dev, torch.int64).reshape(B))
+        labels, loc_t = self.targets(anchors, gt_boxes, gt_counts, ignore_boxes, ignore_counts)
         pos = labels > 0
 
         ce = F.cross_entropy(
@@ -224,7 +273,7 @@ class MultiBoxLoss(nn.Module):
         ).view(B, A)
         with torch.no_grad():
             with ops.use_reference(self.use_reference_ops):
-                selected = ops.hard_negative_mask(ce.detach(), labels, self.neg_pos_ratio)
+                selected = ops.hard_negative_mask(ce.detach(), labels, self.neg_pos_ratio, self.min_negatives)
 
         num_pos = pos.sum()
         denom = num_pos.clamp(min=1).to(torch.float32)
@@ -244,10 +293,11 @@ class ProgressiveAnchorLoss(nn.Module):
     Args:
         lambda_: weight of the second shot (1.0).
         iou_threshold, neg_pos_ratio, variances, ignore_threshold,
-        use_reference_ops, matching, compensation: passed to the
-        :class:`MultiBoxLoss` of both shots.
+        use_reference_ops, matching, compensation, ignore_iou, min_negatives:
+        passed to the :class:`MultiBoxLoss` of both shots.
 
-    ``forward(first, second, gt_boxes, gt_counts)`` takes each shot as a
+    ``forward(first, second, gt_boxes, gt_counts, ignore_boxes=None,
+    ignore_counts=None)`` takes each shot as a
     ``(loc, conf, anchors)`` triple (a ``ShotOutput``, so
     ``criterion(*model(images), gt_boxes, gt_counts)`` works); either shot may
     be ``None`` (skipped: a ``pal=False`` network has no first shot). Returns
@@ -274,11 +324,14 @@ class ProgressiveAnchorLoss(nn.Module):
         use_reference_ops: bool = False,
         matching: str = "iam",
         compensation: Optional[int] = None,
+        ignore_iou: Optional[float] = 0.1,
+        min_negatives: int = 0,
     ) -> None:
         super().__init__()
         self.lambda_ = float(lambda_)
         self.shot_loss = MultiBoxLoss(
-            iou_threshold, neg_pos_ratio, variances, ignore_threshold, use_reference_ops, matching, compensation
+            iou_threshold, neg_pos_ratio, variances, ignore_threshold, use_reference_ops, matching, compensation,
+            ignore_iou, min_negatives,
         )
 
     def extra_repr(self) -> str:
@@ -296,12 +349,14 @@ class ProgressiveAnchorLoss(nn.Module):
         gt_counts: Tensor,
         world_size: int = 1,
         all_reduce: Optional[AllReduce] = None,
+        ignore_boxes: Optional[Tensor] = None,
+        ignore_counts: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Dict[str, Tensor]]:
         weights = self.shot_weights()
         shots: List[Tuple[str, Shot]] = [(n, s) for n, s in (("first", first), ("second", second)) if s is not None]
         if not shots:
             raise ValueError("ProgressiveAnchorLoss needs at least one shot")
-        outs = [self.shot_loss(s[0], s[1], s[2], gt_boxes, gt_counts) for _, s in shots]
+        outs = [self.shot_loss(s[0], s[1], s[2], gt_boxes, gt_counts, ignore_boxes, ignore_counts) for _, s in shots]
         scales: Optional[Tensor] = None
         if world_size > 1:
             if all_reduce is None:

@@ -68,7 +68,10 @@ def test_round_trip_wider_to_coco_and_yolo_and_back(tmp_path):
     ds = FaceDataset([first], paint_ignore=False)
     write_coco(ds, tmp_path / "coco" / "faces.json")
     write_yolo(ds, tmp_path / "yolo", images="link")
-    coco = build_dataset(tmp_path / "coco" / "faces.json", images=src.image_dir)
+    # WIDER's invalid-flagged faces travel as COCO crowd regions (compared unpainted here)
+    assert sum(len(r.ignore) for r in first.records) > 0
+    coco = build_dataset(tmp_path / "coco" / "faces.json", images=src.image_dir, paint_ignore=False)
+    assert [len(r.ignore) for r in coco.annotations] == [len(r.ignore) for r in first.records]
     yolo = build_dataset(tmp_path / "yolo")
     assert type(coco) is FaceDataset and coco.root_counts[0]["format"] == "coco"
     assert yolo.root_counts[0]["format"] == "yolo"

@@ -32,7 +32,7 @@ Typical use::
 
 from .augment import BGR_MEAN, DAS_ANCHOR_SIZES, CropInfo, EvalTransform, TrainTransform, photometric_distort
 from .coco import read_coco, write_coco
-from .collate import collate_detection
+from .collate import collate_detection, collate_ignore_regions
 from .dataset import DataSource, FaceDataset, ImageRecord, sample_rng
 from .formats import FORMATS, build_dataset, detect_format, has_split, read_source
 from .problems import REASONS, AnnotationError, AnnotationProblem, ProblemReport
@@ -54,6 +54,7 @@ __all__ = [
     "TrainTransform",
     "photometric_distort",
     "collate_detection",
+    "collate_ignore_regions",
     "build_dataset",
     "detect_format",
     "has_split",

@@ -24,7 +24,10 @@
      image contains the whole image, the rest being mean-filled: a zoom-out);
      a face larger than the crop is cut by it.
    * SSD-style: side ``= short side`` (one time in five) or
-     ``U(0.3, 1) * short side``, position uniform inside the image.
+     ``U(lo, hi) * short side`` (``crop_scale``, ``(0.3, 1)`` as in SSD),
+     position uniform inside the image; a side beyond an image's extent
+     (``hi > 1``: a zoom-out, large faces seen whole) places the image
+     uniformly inside the crop along that axis, the rest mean-filled.
 
    A candidate crop is accepted when at least one face survives: faces whose
    centre lies strictly inside the crop are kept, clipped to it, and dropped
@@ -34,6 +37,11 @@
    more. If those fail too the whole image, centred in a mean-filled square,
    is used with the halved threshold. Images without faces take the first
    candidate.
+   Ignore regions (when the caller passes ``ignore``): the given regions
+   (invalid-flagged or crowd boxes) and every face the crop dropped (too
+   small, or centre outside the crop but partly inside) are clipped to the
+   crop and returned beside the boxes, so that the loss neither learns them
+   as faces nor as background (:func:`dsfd.ops.ignore_anchors`).
 3. **Horizontal flip** with p=.5.
 4. **Resize** to ``size x size`` (640 by default; cv2 ``INTER_AREA`` when
    shrinking, ``INTER_LINEAR`` when enlarging), **subtract the BGR mean**
@@ -53,7 +61,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -175,6 +183,9 @@ class TrainTransform:
         max_tries: candidates per round (50).
         photometric: apply the photometric distortion.
         flip_prob: probability of the horizontal flip.
+        crop_scale: ``(lo, hi)`` range of the SSD-style crop side as a
+            fraction of the image's short side (``(0.3, 1.0)``; ``hi > 1``
+            adds zoom-out crops).
 
     ``transform(image, boxes, rng, return_info=False)`` takes a BGR image
     (``uint8 [H, W, 3]``), corner pixel boxes ``[K, 4]`` inside the image and
@@ -182,6 +193,9 @@ class TrainTransform:
     float32 Tensor[K', 4] normalised)`` and, with ``return_info``, a
     :class:`CropInfo`.
     """
+
+    #: :class:`dsfd.data.FaceDataset` passes ignore regions (``ignore=``) instead of painting them.
+    accepts_ignore = True
 
     def __init__(
         self,
@@ -194,6 +208,7 @@ class TrainTransform:
         max_tries: int = 50,
         photometric: bool = True,
         flip_prob: float = 0.5,
+        crop_scale: Tuple[float, float] = (0.3, 1.0),
     ) -> None:
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
@@ -208,23 +223,31 @@ class TrainTransform:
         self.max_tries = int(max_tries)
         self.photometric = bool(photometric)
         self.flip_prob = float(flip_prob)
+        lo, hi = (float(v) for v in crop_scale)
+        if not 0 < lo <= hi:
+            raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi, got {crop_scale}")
+        self.crop_scale = (lo, hi)
 
     def __repr__(self) -> str:
         return (
             f"TrainTransform(size={self.size}, das_prob={self.das_prob}, "
             f"anchor_sizes={self.anchor_sizes.astype(int).tolist()}, das_scale_jitter={self.das_scale_jitter}, "
             f"min_face={self.min_face}, max_tries={self.max_tries}, photometric={self.photometric}, "
-            f"flip_prob={self.flip_prob})"
+            f"flip_prob={self.flip_prob}, crop_scale={self.crop_scale})"
         )
 
     # -- candidate crops: arrays x0, y0, side (original pixels) ---------------
     def _ssd_candidates(self, h: int, w: int, rng: np.random.Generator, n: int):
         u = rng.random((n, 4))
         short = float(min(h, w))
-        frac = np.where(u[:, 0] < 0.2, 1.0, 0.3 + 0.7 * u[:, 1])
+        lo, hi = self.crop_scale
+        frac = np.where(u[:, 0] < 0.2, 1.0, lo + (hi - lo) * u[:, 1])
         side = np.maximum(np.floor(frac * short), 1.0)
-        x0 = np.floor(u[:, 2] * (w - side + 1))
-        y0 = np.floor(u[:, 3] * (h - side + 1))
+        # inside the image where the side allows it, else the image inside the crop
+        x_lo, x_hi = np.minimum(0.0, w - side), np.maximum(0.0, w - side)
+        y_lo, y_hi = np.minimum(0.0, h - side), np.maximum(0.0, h - side)
+        x0 = np.floor(x_lo + u[:, 2] * (x_hi - x_lo + 1))
+        y0 = np.floor(y_lo + u[:, 3] * (y_hi - y_lo + 1))
         return x0, y0, side
 
     def _das_candidates(self, boxes: np.ndarray, h: int, w: int, rng: np.random.Generator, n: int):
@@ -289,7 +312,11 @@ class TrainTransform:
         boxes: np.ndarray,
         rng: Optional[np.random.Generator] = None,
         return_info: bool = False,
-    ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, CropInfo]]:
+        ignore: Optional[np.ndarray] = None,
+    ) -> Union[Tuple[Tensor, ...], Tuple[Any, ...]]:
+        """See the class docstring; with ``ignore`` (pixel corner boxes ``[M, 4]``, possibly
+        empty) the result gains the ignore regions of the output (``float32 [M', 4]``
+        normalised) after the boxes: ``(image, boxes, ignore[, info])``."""
         if rng is None:
             rng = np.random.default_rng()
         if image.ndim != 3 or image.shape[2] != 3:
@@ -346,6 +373,9 @@ class TrainTransform:
         else:
             idx = np.zeros(0, dtype=np.int64)
             kb = np.zeros((0, 4))
+        ign_out = None
+        if ignore is not None:
+            ign_out = self._ignore_regions(b, idx, ignore, cx0, cy0, sx)
         # 3. flip
         flip = rng.random() < self.flip_prob
         # 4. pixels
@@ -353,13 +383,39 @@ class TrainTransform:
         if flip:
             out = out[:, ::-1]
             kb = np.stack([1.0 - kb[:, 2], kb[:, 1], 1.0 - kb[:, 0], kb[:, 3]], 1)
+            if ign_out is not None:
+                ign_out = np.stack([1.0 - ign_out[:, 2], ign_out[:, 1], 1.0 - ign_out[:, 0], ign_out[:, 3]], 1)
         out = out - self.mean
         img_t = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
         boxes_t = torch.from_numpy(kb.astype(np.float32).reshape(-1, 4))
+        result: Tuple[Any, ...] = (img_t, boxes_t)
+        if ign_out is not None:
+            result += (torch.from_numpy(ign_out.astype(np.float32).reshape(-1, 4)),)
         if return_info:
             info.flipped, info.kept = bool(flip), idx
-            return img_t, boxes_t, info
-        return img_t, boxes_t
+            result += (info,)
+        return result
+
+    @staticmethod
+    def _ignore_regions(
+        boxes: np.ndarray, kept: np.ndarray, ignore: np.ndarray, x0: float, y0: float, side: float
+    ) -> np.ndarray:
+        """Normalised ignore regions of a crop: the given regions and every face the crop dropped
+        (too small, or centre outside but partly inside), clipped; empty ones removed."""
+        dropped = np.ones(len(boxes), dtype=bool)
+        dropped[kept] = False
+        regions = np.concatenate([np.asarray(ignore, np.float64).reshape(-1, 4), boxes[dropped]], 0)
+        r = np.stack(
+            [
+                (np.maximum(regions[:, 0], x0) - x0) / side,
+                (np.maximum(regions[:, 1], y0) - y0) / side,
+                (np.minimum(regions[:, 2], x0 + side) - x0) / side,
+                (np.minimum(regions[:, 3], y0 + side) - y0) / side,
+            ],
+            1,
+        )
+        r = np.clip(r, 0.0, 1.0)
+        return r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
 
 
 class EvalTransform:

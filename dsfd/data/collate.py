@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["collate_detection"]
+__all__ = ["collate_detection", "collate_ignore_regions"]
 
 
 def collate_detection(batch: Sequence[Tuple[Any, Any, Dict[str, Any]]]) -> Tuple[Tensor, Tensor, Tensor, List[Dict[str, Any]]]:
@@ -38,3 +38,25 @@ def collate_detection(batch: Sequence[Tuple[Any, Any, Dict[str, Any]]]) -> Tuple
     for i, b in enumerate(boxes):
         gt[i, : len(b)] = b
     return torch.stack(images).to(torch.float32), gt, counts, [s[2] for s in batch]
+
+
+def collate_ignore_regions(metas: Sequence[Dict[str, Any]]) -> Tuple[Tensor, Tensor]:
+    """The ``meta["ignore"]`` regions of a batch (normalised ``[M_i, 4]``; missing: none), padded.
+
+    Returns ``ignore_boxes`` ``float32 [B, M_max, 4]`` (zero-padded) and
+    ``ignore_counts`` ``int64 [B]``, the format of
+    :func:`dsfd.ops.ignore_anchors` and of the loss's ``ignore_boxes`` /
+    ``ignore_counts``.
+    """
+    regions = []
+    for m in metas:
+        r = m.get("ignore") if isinstance(m, dict) else None
+        if r is None:
+            r = torch.zeros(0, 4)
+        regions.append(torch.as_tensor(r, dtype=torch.float32).reshape(-1, 4))
+    counts = torch.tensor([len(r) for r in regions], dtype=torch.int64)
+    mmax = int(counts.max()) if len(counts) else 0
+    out = torch.zeros(len(regions), mmax, 4, dtype=torch.float32)
+    for i, r in enumerate(regions):
+        out[i, : len(r)] = r
+    return out, counts

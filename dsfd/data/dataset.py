@@ -21,11 +21,15 @@ bad-image handling and the same augmentation stream:
   (deterministically, with the random stream of the requested index);
 * boxes are clipped to the image when it is loaded; boxes left with nothing
   are counted as ``outside`` (per process, as for WIDER);
-* ignore regions (COCO ``iscrowd``) are painted with the BGR mean before the
-  transform when ``paint_ignore`` (training): the faces in them are neither
-  learnt as faces nor as background, and every augmentation step stays as
-  it is. Evaluation reads the pixels unpainted and gives the regions to
-  pycocotools as crowd boxes.
+* ignore regions (COCO ``iscrowd``, WIDER's invalid-flagged faces, faces
+  below ``min_face``) are neither learnt as faces nor as background. A
+  transform that takes them (``accepts_ignore``, as
+  :class:`dsfd.data.TrainTransform`) gets them with ``ignore=`` and returns
+  the output's regions (plus the faces its crop dropped), which go to
+  ``meta["ignore"]`` (normalised ``float32 [M, 4]``) and from there to the
+  loss (:func:`dsfd.ops.ignore_anchors`); for any other transform they are
+  painted with the BGR mean when ``paint_ignore``. Evaluation reads the
+  pixels unpainted and gives the regions to pycocotools as crowd boxes.
 """
 
 from __future__ import annotations
@@ -63,6 +67,15 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def _empty_boxes() -> np.ndarray:
     return np.zeros((0, 4), dtype=np.float32)
+
+
+def _paint(img: np.ndarray, regions: np.ndarray) -> None:
+    """Fills pixel boxes of ``img`` with the BGR mean, in place."""
+    if not len(regions):
+        return
+    fill = np.round(np.asarray(BGR_MEAN)).astype(np.uint8)
+    for x1, y1, x2, y2 in regions:
+        img[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = fill
 
 
 class ImageRecord:
@@ -269,6 +282,7 @@ class FaceDataset(Dataset):
         if ann.normalized:  # the pixel size is known only now
             big = np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= self.min_face
             self._small[index] = int((keep & ~big).sum())
+            ign = np.concatenate([ign, b[keep & ~big]], 0)  # too small to learn, still a face
             keep &= big
         ign = ign[(ign[:, 2] > ign[:, 0]) & (ign[:, 3] > ign[:, 1])]
         return img, b[keep], ign
@@ -279,10 +293,8 @@ class FaceDataset(Dataset):
         if got is None:
             return None
         img, boxes, ign = got
-        if self.paint_ignore and len(ign):
-            fill = np.round(np.asarray(BGR_MEAN)).astype(np.uint8)
-            for x1, y1, x2, y2 in ign:
-                img[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = fill
+        if self.paint_ignore:
+            _paint(img, ign)
         return img, boxes
 
     def verify_images(self) -> Dict[str, str]:
@@ -313,15 +325,21 @@ class FaceDataset(Dataset):
         index %= n
         for k in range(n):
             j = (index + k) % n
-            loaded = self.load(j)
-            if loaded is not None:
+            got = self.read(j)
+            if got is not None:
                 break
         else:
             raise RuntimeError(f"no loadable image in {[str(d) for d in self._image_dirs]} ({len(self.bad_images)} bad)")
-        img, boxes = loaded
+        img, boxes, ign = got
         meta = self._meta(j, index, img)
+        takes_ignore = getattr(self.transform, "accepts_ignore", False)
+        if self.paint_ignore and not takes_ignore:
+            _paint(img, ign)
         if self.transform is None:
             return img, boxes, meta
         rng = sample_rng(self.seed, epoch, index)
-        image_t, boxes_t = self.transform(img, boxes, rng)
+        if takes_ignore:
+            image_t, boxes_t, meta["ignore"] = self.transform(img, boxes, rng, ignore=ign)
+        else:
+            image_t, boxes_t = self.transform(img, boxes, rng)
         return image_t, boxes_t, meta

@@ -73,13 +73,14 @@ _SPLITS = ("train", "val")
 
 
 class WiderAnnotation(ImageRecord):
-    """One image of the annotation file: relative path and kept boxes (``float32 [K, 4]``
-    corner pixels ``x1, y1, x1 + w, y1 + h``)."""
+    """One image of the annotation file: relative path, kept boxes (``float32 [K, 4]``
+    corner pixels ``x1, y1, x1 + w, y1 + h``) and ignore regions (the invalid-flagged
+    and too-small faces, same units)."""
 
     __slots__ = ()
 
-    def __init__(self, path: str, boxes: np.ndarray) -> None:
-        super().__init__(path, boxes)
+    def __init__(self, path: str, boxes: np.ndarray, ignore: Optional[np.ndarray] = None) -> None:
+        super().__init__(path, boxes, ignore)
 
 
 def _looks_like_path(line: str) -> bool:
@@ -141,8 +142,12 @@ def parse_wider_annotations(
         stats["degenerate"] += int(is_degenerate.sum())
         stats["small"] += int(is_small.sum())
         stats["kept"] += int(keep.sum())
-        boxes = np.stack([x, y, x + w, y + h], 1)[keep].astype(np.float32).reshape(-1, 4)
-        out.append(WiderAnnotation(path, boxes))
+        corners = np.stack([x, y, x + w, y + h], 1)
+        boxes = corners[keep].astype(np.float32).reshape(-1, 4)
+        # invalid-flagged and too-small faces are still faces: ignore regions, not background
+        usable = ok & (w > 0) & (h > 0) & np.isfinite(table[:, :4]).all(1)
+        ignore = corners[(is_invalid | is_small) & usable].astype(np.float32).reshape(-1, 4)
+        out.append(WiderAnnotation(path, boxes, ignore))
     return out, stats
 
 

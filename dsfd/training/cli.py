@@ -111,6 +111,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="anchor matching: iam (IoU >= 0.4), s3fd (>= 0.35 + scale compensation to 6 anchors "
                         "at IoU >= 0.1), ssd (>= 0.5)")
     a.add_argument("--match-iou", type=float, default=None, help="override the matching preset's IoU threshold")
+    a.add_argument("--ignore-iou", type=float, default=d.ignore_iou,
+                   help="background anchors with this IoU with an ignore region (invalid or too-small faces, faces "
+                        "a crop dropped, COCO crowds) are neither faces nor mined negatives (0: off)")
+    a.add_argument("--min-negatives", type=int, default=d.min_negatives,
+                   help="hard negatives mined per image at least (0: only 3 x its faces, so photos without faces "
+                        "teach nothing)")
+    a.add_argument("--crop-scale", type=float, nargs=2, default=list(d.crop_scale), metavar=("LO", "HI"),
+                   help="side range of the SSD-style crops as a fraction of the short side (HI > 1: zoom-out)")
     o = p.add_argument_group("optimisation (defaults: the paper's schedule)")
     o.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over the ranks)")
     o.add_argument("--iters", type=int, default=d.iters, help="optimizer steps")
@@ -166,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         amp=args.amp, channels_last=args.channels_last, bn=args.bn, lambda_=args.lambda_,
         fem=args.fem and not args.fssd, pal=args.pal and not args.fssd, anchor_aspect=args.anchor_aspect,
         das_prob=args.das_prob, matching=args.matching, match_iou=args.match_iou,
+        ignore_iou=args.ignore_iou, min_negatives=args.min_negatives, crop_scale=tuple(args.crop_scale),
         val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, log_every=args.log_every, seed=args.seed, deterministic=args.deterministic,
         clip_grad=args.clip_grad, resume=args.resume, stop_at=args.stop_at, progress=args.progress,

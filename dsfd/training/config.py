@@ -108,6 +108,17 @@ class TrainConfig:
             :data:`dsfd.losses.MATCHING_PRESETS`): ``"iam"`` (IoU 0.4),
             ``"s3fd"`` (0.35 + scale compensation) or ``"ssd"`` (0.5).
         match_iou: override the preset's positive IoU threshold.
+        ignore_iou: background anchors with IoU ``>=`` this with an ignore
+            region (invalid-flagged or too-small faces, faces the crop
+            dropped, COCO crowds) are neither positives nor mined negatives
+            (:func:`dsfd.ops.ignore_anchors`); 0 turns ignore regions off
+            (they are then background, as before 2026-12-07).
+        min_negatives: hard negatives mined per image at least, whatever its
+            faces (0: SSD's ``3 x positives`` only, so a photo without faces
+            teaches nothing).
+        crop_scale: ``(lo, hi)`` side range of the SSD-style crops as a
+            fraction of the image's short side (``hi > 1`` adds zoom-out
+            crops, see :class:`dsfd.data.TrainTransform`).
         val_every: validate every N iterations (0: never); ``val_images``
             limits the validation images (0: the whole val split).
         ckpt_every: write ``last.pt`` every N iterations (0: only at the end
@@ -162,6 +173,9 @@ class TrainConfig:
     das_prob: float = 0.4
     matching: str = "iam"
     match_iou: Optional[float] = None
+    ignore_iou: float = 0.1
+    min_negatives: int = 0
+    crop_scale: Tuple[float, float] = (0.3, 1.0)
     val_every: int = 2000
     val_images: int = 0
     ckpt_every: int = 1000
@@ -189,6 +203,13 @@ class TrainConfig:
             raise ValueError(f"matching must be iam, s3fd or ssd, got {self.matching!r}")
         if self.match_iou is not None and not 0.0 < self.match_iou <= 1.0:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+        if not 0.0 <= self.ignore_iou <= 1.0:
+            raise ValueError(f"ignore_iou must be in [0, 1] (0: off), got {self.ignore_iou}")
+        if self.min_negatives < 0:
+            raise ValueError(f"min_negatives must be >= 0, got {self.min_negatives}")
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
+        if len(self.crop_scale) != 2 or not 0.0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi, got {self.crop_scale}")
         if self.anchor_aspect <= 0:
             raise ValueError(f"anchor_aspect must be > 0, got {self.anchor_aspect}")
         if self.bn not in ("train", "frozen", "sync"):

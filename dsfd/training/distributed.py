@@ -200,6 +200,8 @@ def pal_loss(
     gt_boxes: Tensor,
     gt_counts: Tensor,
     info: Optional[DistInfo] = None,
+    ignore_boxes: Optional[Tensor] = None,
+    ignore_counts: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Progressive Anchor Loss normalised by the *global* positive counts.
 
@@ -212,6 +214,7 @@ def pal_loss(
         gt_boxes, gt_counts: this rank's targets.
         info: rank layout; ``None`` or one process gives exactly
             ``criterion(first, second, gt_boxes, gt_counts)``.
+        ignore_boxes, ignore_counts: this rank's ignore regions (or ``None``).
 
     Returns:
         ``(loss to backpropagate, parts)``. ``parts`` (detached) hold this
@@ -221,6 +224,9 @@ def pal_loss(
         global counts (see :func:`all_reduce_sum`).
     """
     world = 1 if info is None else info.world_size
+    kw: Dict[str, Any] = {}
+    if ignore_boxes is not None:
+        kw = {"ignore_boxes": ignore_boxes, "ignore_counts": ignore_counts}
     if world <= 1:
-        return criterion(first, second, gt_boxes, gt_counts)
-    return criterion(first, second, gt_boxes, gt_counts, world_size=world, all_reduce=dist.all_reduce)
+        return criterion(first, second, gt_boxes, gt_counts, **kw)
+    return criterion(first, second, gt_boxes, gt_counts, world_size=world, all_reduce=dist.all_reduce, **kw)

@@ -58,6 +58,7 @@ from ..data import (
     TrainTransform,
     build_dataset,
     collate_detection,
+    collate_ignore_regions,
     detect_format,
     has_split,
     worker_init_fn,
@@ -268,7 +269,8 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.criterion = ProgressiveAnchorLoss(
-            lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou
+            lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou,
+            ignore_iou=cfg.ignore_iou or None, min_negatives=cfg.min_negatives,
         )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
@@ -331,7 +333,7 @@ class Trainer:
     def _build_train_dataset(self) -> Dataset:
         cfg = self.cfg
         tf = (
-            TrainTransform(size=cfg.size, das_prob=cfg.das_prob)
+            TrainTransform(size=cfg.size, das_prob=cfg.das_prob, crop_scale=cfg.crop_scale)
             if cfg.augment == "full"
             else EvalTransform(size=cfg.size)
         )
@@ -491,12 +493,22 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def ignore_regions(self, batch: Sequence[Any]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(ignore_boxes [B, M, 4], ignore_counts [B])`` of a collated batch on the device, or ``(None, None)``."""
+        if self.criterion.shot_loss.ignore_iou is None or len(batch) < 4:
+            return None, None
+        boxes, counts = collate_ignore_regions(batch[3])
+        nb = self.device.type == "cuda"
+        return boxes.to(self.device, non_blocking=nb), counts.to(self.device, non_blocking=nb)
+
     def forward_loss(self, batch: Sequence[Any]) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Forward the network's shots and the globally normalised PAL loss of one (per-rank) batch."""
         images, gt_boxes, gt_counts = self.to_device(batch)
+        ignore_boxes, ignore_counts = self.ignore_regions(batch)
         with self.autocast():
             out = self.ddp_model(images)
-        return pal_loss(self.criterion, out.first, out.second, gt_boxes, gt_counts, self.info)
+        return pal_loss(self.criterion, out.first, out.second, gt_boxes, gt_counts, self.info,
+                        ignore_boxes=ignore_boxes, ignore_counts=ignore_counts)
 
     def train_step(self, batch: Sequence[Any]) -> Dict[str, Tensor]:
         """One optimizer step; returns the detached loss parts (this rank's contributions)."""
