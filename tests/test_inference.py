@@ -304,7 +304,14 @@ def test_load_detector_contract(tmp_path, tiny_model):
     cv2.circle(img, (60, 50), 25, (40, 160, 220), -1)
     out = det(img)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape[1] == 5
-    np.testing.assert_allclose(out, Detector(model=tiny_model, device="cpu").detect(img), atol=1e-4)
+    plain = Detector(model=tiny_model, device="cpu")
+    np.testing.assert_allclose(out, plain.detect(img, min_score=None), atol=1e-4)
+    # detect() draws from the model's threshold by default (filtered before NMS: the same boxes)
+    shown = plain.detect(img)
+    assert len(shown) < len(out) and (shown[:, 4] >= plain.display_score).all()
+    np.testing.assert_allclose(shown, out[out[:, 4] >= plain.display_score], atol=1e-4)
+    with pytest.raises(ValueError, match="display"):
+        plain.detect(img, min_score="draw")
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -420,7 +427,7 @@ def test_size_filter_uses_plus_one():
 def test_accuracy_mode_small_image(tiny_model, photos):
     img = cv2.resize(photos[0], (160, 120), interpolation=cv2.INTER_AREA)
     det = Detector(model=tiny_model, device="cpu")
-    d = det.detect(img, accuracy_mode=True)
+    d = det.detect(img, accuracy_mode=True, min_score=None)
     _check_dets(d, 120, 160)
     assert 0 < len(d) <= 750
     np.testing.assert_allclose(det.detect_multiscale(img), d, atol=1e-4)
@@ -436,7 +443,7 @@ def _released_protocol(det: Detector, image: np.ndarray) -> np.ndarray:
 
     def detect_face(img, shrink):
         x = img if shrink == 1 else cv2.resize(img, None, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_LINEAR)
-        d = det.detect(x).astype(np.float64)
+        d = det.detect(x, min_score=None).astype(np.float64)
         d[:, :4] /= shrink
         return d
 

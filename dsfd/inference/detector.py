@@ -29,13 +29,19 @@ alone or batched, so single and batched results are equal for any mix of
 sizes - also the mode for CUDA graphs and ``torch.compile``.
 
 :meth:`Detector.detect` runs at the image's own size (smaller than
-:data:`MIN_INPUT_SIZE`: padded up), like the released test code.
-``score_threshold`` (0.01) only decides what enters NMS; pass
-``min_score=DISPLAY_SCORE`` (0.5) to ``detect`` for display-quality faces.
+:data:`MIN_INPUT_SIZE`: padded up), like the released test code, and by
+default returns the faces at or above the model's own drawing threshold
+(:attr:`Detector.display_score`, stored with its weights), filtering before
+NMS (exact: a box only suppresses lower-scoring ones, and far fewer boxes
+are sorted). ``min_score=None`` returns everything above ``score_threshold``
+(0.01), which is what an evaluation wants (``detector(image)``, the
+``dsfd eval`` contract, does that).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -124,8 +130,9 @@ class Detector:
     Example::
 
         det = Detector("dsfd.pth")
-        faces = det.detect("group.jpg", min_score=DISPLAY_SCORE)  # [K, 5] x1, y1, x2, y2, score
-        per_image = det.detect_batch([img1, img2])                  # different sizes are fine
+        faces = det.detect("group.jpg")              # [K, 5] x1, y1, x2, y2, score >= det.display_score
+        every = det.detect("group.jpg", min_score=None)  # everything above score_threshold (evaluation)
+        per_image = det.detect_batch([img1, img2])   # different sizes are fine
     """
 
 
@@ -262,14 +269,15 @@ class Detector:
     # ------------------------------------------------------------------ public API
 
     def __call__(self, image: ImageInput, color: str = "bgr") -> np.ndarray:
-        """``detect(image)`` with the detector's default mode (the ``dsfd eval`` contract)."""
-        return self.detect(image, color=color)
+        """Every box above ``score_threshold`` in the detector's default mode (the ``dsfd eval`` contract):
+        ``detect(image, min_score=None)``."""
+        return self.detect(image, color=color, min_score=None)
 
     def detect(
         self,
         image: ImageInput,
         color: str = "bgr",
-        min_score: Optional[float] = None,
+        min_score: Union[float, None, str] = "display",
         accuracy_mode: Optional[bool] = None,
     ) -> np.ndarray:
         """Detect faces in one image.
@@ -279,9 +287,10 @@ class Detector:
                 gray, RGBA, 16-bit and float in ``[0, 1]`` are converted, see
                 :mod:`dsfd.io.images`), or an image file path.
             color: ``"bgr"`` or ``"rgb"`` channel order of an array input.
-            min_score: drop detections scoring below, e.g. :attr:`display_score`
-                (the model's drawing threshold); default: keep everything above
-                ``score_threshold`` (what an evaluation wants).
+            min_score: drop detections scoring below; ``"display"`` (default):
+                :attr:`display_score`, the model's drawing threshold; ``None``:
+                keep everything above ``score_threshold`` (what an evaluation
+                wants). Outside accuracy mode it is applied before NMS.
             accuracy_mode: run the multi-scale + flip protocol
                 (:meth:`detect_multiscale`); default: the detector's setting.
 
@@ -300,7 +309,7 @@ class Detector:
         self,
         images: Sequence[ImageInput],
         color: str = "bgr",
-        min_score: Optional[float] = None,
+        min_score: Union[float, None, str] = "display",
         accuracy_mode: Optional[bool] = None,
     ) -> List[np.ndarray]:
         """Detect faces in several images (of any sizes) with one forward pass.
@@ -309,8 +318,10 @@ class Detector:
         In accuracy mode the images are processed one after another.
 
         Returns:
-            One ``float32 [K_i, 5]`` array per image (see :meth:`detect`).
+            One ``float32 [K_i, 5]`` array per image (see :meth:`detect`; the
+            same ``min_score`` rule).
         """
+        min_score = self._min_score(min_score)
         if isinstance(images, (np.ndarray, Tensor)) and getattr(images, "ndim", 0) == 4:
             images = list(images)
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
@@ -321,16 +332,24 @@ class Detector:
             return []
         arrays = [self._load(im, color, i) for i, im in enumerate(images)]
         prepared = [prepare(a, self.input_size, self.max_size) for a in arrays]
+        postprocess = self.postprocess
+        if min_score is not None and min_score > postprocess.score_threshold and not self.cuda_graphs:
+            # nothing below min_score is returned, and in NMS a box only suppresses lower-scoring ones:
+            # filtering before NMS keeps exactly the same boxes (a CUDA graph keeps its captured threshold)
+            postprocess = dataclasses.replace(postprocess, score_threshold=math.nextafter(float(min_score), 0.0))
         with torch.inference_mode():
             dets, counts = self._infer(
                 [p.image for p in prepared],
                 [p.scale_xy for p in prepared],
                 [p.orig_hw for p in prepared] if self.clip else None,
+                postprocess=postprocess,
             )
             out = self._to_host(dets, counts)
         return [self._filter(d, min_score) for d in out]
 
-    def detect_multiscale(self, image: ImageInput, color: str = "bgr", min_score: Optional[float] = None) -> np.ndarray:
+    def detect_multiscale(
+        self, image: ImageInput, color: str = "bgr", min_score: Union[float, None, str] = None
+    ) -> np.ndarray:
         """Accuracy mode: the released WIDER FACE multi-scale + flip test, merged by box voting.
 
         See :mod:`dsfd.inference.multiscale` for the exact passes (about 11
@@ -383,7 +402,15 @@ class Detector:
             return read_image(image)
         return to_bgr_uint8(image, color, name=None if index is None else f"#{index}")
 
-    def _filter(self, dets: np.ndarray, min_score: Optional[float]) -> np.ndarray:
+    def _min_score(self, min_score: Union[float, None, str]) -> Optional[float]:
+        if isinstance(min_score, str):
+            if min_score != "display":
+                raise ValueError(f"min_score must be a number, None or 'display', got {min_score!r}")
+            return self.display_score
+        return None if min_score is None else float(min_score)
+
+    def _filter(self, dets: np.ndarray, min_score: Union[float, None, str]) -> np.ndarray:
+        min_score = self._min_score(min_score)
         keep = np.ones(len(dets), dtype=bool)
         if min_score is not None:
             keep &= dets[:, 4] >= float(min_score)
@@ -426,6 +453,7 @@ class Detector:
         scales: Sequence[Tuple[float, float]],
         orig_hw: Optional[Sequence[Tuple[int, int]]],
         use_graphs: bool = True,
+        postprocess: Optional[PostProcessConfig] = None,
     ) -> Tuple[Tensor, Tensor]:
         """Forward + batched post-processing of resized images; device ``(dets[B, K, 5], counts[B])``.
 
@@ -447,7 +475,7 @@ class Detector:
             if out is not None:
                 return out
             self.cuda_graphs = self._graphs.enabled
-        return self._pipeline(x, meta, padded)
+        return self._pipeline(x, meta, padded, postprocess=postprocess)
 
     def network_input(self, images_u8: Tensor) -> Tensor:
         """A device ``uint8 [B, H, W, 3]`` BGR batch -> the network's input (minus the pixel mean).
@@ -475,7 +503,8 @@ class Detector:
             return self._network(x)
 
     def _pipeline(
-        self, x_u8: Tensor, meta: Tensor, mask_padding: bool, graph_safe: bool = False
+        self, x_u8: Tensor, meta: Tensor, mask_padding: bool, graph_safe: bool = False,
+        postprocess: Optional[PostProcessConfig] = None,
     ) -> Tuple[Tensor, Tensor]:
         """The device part: normalise, forward, decode, batched NMS, map back, clip."""
         _, H, W, _ = x_u8.shape
@@ -483,7 +512,7 @@ class Detector:
         boxes, scores = decode_detections(shot.loc, shot.conf, shot.anchors, self.model.variances, H, W)
         if mask_padding:
             scores = self._padding.mask_scores(scores, meta, H, W, self.compiled)
-        kb, ks, counts = select_detections(boxes, scores, self.postprocess)
+        kb, ks, counts = select_detections(boxes, scores, postprocess or self.postprocess)
         kb = kb / meta[:, None, 2:6]
         kb = torch.minimum(torch.maximum(kb, meta[:, None, 6:10]), meta[:, None, 10:14])
         # padding rows (beyond counts) stay exactly zero

@@ -407,14 +407,14 @@ class _Journal:
 def _detect_many(detector: Any, images: List[np.ndarray]) -> List[Any]:
     """``detect_batch``, falling back to one image at a time if the batch fails (e.g. out of memory)."""
     try:
-        return detector.detect_batch(images)
+        return detector.detect_batch(images, min_score=None)
     except Exception:  # noqa: BLE001 - retried one by one; what still fails is reported per image
         return [_try_one(detector, im) for im in images]
 
 
 def _try_one(detector: Any, image: np.ndarray) -> Any:
     try:
-        return detector.detect(image)
+        return detector.detect(image, min_score=None)
     except Exception as e:  # noqa: BLE001
         return e
 
@@ -483,7 +483,7 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
         with open(partial, "w") as lines:
             for batch in loader:
                 frames_np = [t.numpy() for t in batch]
-                results = detector.detect_batch(frames_np)
+                results = detector.detect_batch(frames_np, min_score=None)
                 for frame, dets in zip(frames_np, results):
                     lines.write(json.dumps({"frame": frames, "time_s": round(frames / fps, 4),
                                             "detections": detection_records(dets, opts.save_min)}) + "\n")
