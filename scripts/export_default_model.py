@@ -11,7 +11,9 @@ evaluation numbers passed in).
 
 ``--predictions`` (the WIDER prediction folder ``dsfd eval`` wrote for the
 val subset) chooses the model's drawing threshold: the raw score with the best
-F1 of the boxes a plain ``dsfd detect`` keeps against the WIDER *medium* faces
+F1 of the boxes a plain ``dsfd detect`` keeps against *all* valid WIDER faces
+(the hard list; ``--display-setting medium`` was the rule before 2026-12-07,
+which left almost every small face below the threshold)
 (:mod:`dsfd.evaluation.display`); it is stored in the checkpoint's config
 (``display_score``, what ``Detector`` and ``dsfd detect`` draw from) with the
 precision and recall there. The pretrained file a run started from
@@ -112,18 +114,21 @@ def _training_record(log: str) -> dict:
     return record
 
 
-def _display_threshold(predictions: str) -> dict:
-    """The drawing threshold from a WIDER prediction folder of the val subset (max F1 on medium faces)."""
+def _display_threshold(predictions: str, setting: str = "hard") -> dict:
+    """The drawing threshold from a WIDER prediction folder of the val subset (max F1 on ``setting``'s faces),
+    with the drawn precision / recall at it against the medium and the hard (all valid faces) lists."""
     from dsfd.evaluation import choose_display_threshold, drawn_precision_recall, load_wider_ground_truth
     from dsfd.io import read_prediction_folder
 
     preds, _ = read_prediction_folder(predictions)
     gt = load_wider_ground_truth()
-    curve = drawn_precision_recall(preds, gt, "medium")
+    curve = drawn_precision_recall(preds, gt, setting)
     t = choose_display_threshold(curve)
-    return {"rule": "highest F1 of the boxes scoring >= t against the WIDER medium faces of the val subset "
+    lists = {s: drawn_precision_recall(preds, gt, s).at(t) for s in ("medium", "hard")}
+    return {"rule": f"highest F1 of the boxes scoring >= t against the WIDER {setting} faces of the val subset "
                     "(IoU 0.5; boxes on unlisted faces count neither way)",
             **curve.at(t),
+            "at_threshold": lists,
             "curve": [{"threshold": float(x), "precision": round(float(p), 4), "recall": round(float(r), 4)}
                       for x, p, r in zip(curve.thresholds, curve.precision, curve.recall)]}
 
@@ -138,6 +143,8 @@ def main() -> int:
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
     p.add_argument("--predictions", help="WIDER prediction folder of the val subset: chooses the drawing threshold")
     p.add_argument("--display-score", type=float, help="the drawing threshold, instead of --predictions' choice")
+    p.add_argument("--display-setting", default="hard", choices=["medium", "hard"],
+                   help="whose faces the drawing threshold is chosen for (hard: all valid faces)")
     p.add_argument("--stage-log", action="append", default=[],
                    help="log.jsonl of an earlier stage this run continued from (repeatable, oldest first)")
     p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
@@ -154,7 +161,7 @@ def main() -> int:
     if fold_error > 1e-4:
         raise SystemExit(f"folding the FEM norms changed the face scores by {fold_error:.3g}")
     config = dict(model.config)
-    drawing = _display_threshold(args.predictions) if args.predictions else None
+    drawing = _display_threshold(args.predictions, args.display_setting) if args.predictions else None
     if args.display_score is not None or drawing is not None:
         config["display_score"] = float(args.display_score if args.display_score is not None
                                         else drawing["threshold"])
