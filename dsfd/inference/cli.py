@@ -26,7 +26,8 @@ prediction file ``<name>.txt`` (``wider``), one line of the merged
 ``<name>.mp4`` annotated or anonymised (same frame rate and size) and ``<name>.jsonl``, one JSON line per frame.
 ``summary.json`` lists what was processed (per rank and in all) and every
 skipped input with the reason; the exit code is 0 when nothing was skipped,
-1 otherwise, 2 for usage errors.
+1 otherwise, 2 for usage errors, 3 when the disk filled up (one line names
+the file, says how many inputs are done and gives the ``--resume`` command).
 
 Large runs (see :mod:`dsfd.inference.runner`): decoding in ``--workers``
 processes with batches of similar sizes; every output written atomically and
@@ -54,7 +55,8 @@ from typing import Any, Optional
 from ..constants import BACKBONES, DISPLAY_SCORE
 from ..postprocess import PostProcessConfig
 from .anonymize import ANONYMIZE_METHODS, DEFAULT_MARGIN
-from .runner import FORMATS, InputItem, RankInfo, RunOptions, atomic_write_text, collect_inputs, run_detection
+from .runner import (FORMATS, DiskFullError, InputItem, RankInfo, RunOptions, atomic_write_text, collect_inputs,
+                     run_detection)
 
 __all__ = ["add_parser", "run", "collect_inputs", "InputItem"]
 
@@ -79,6 +81,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     m.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                    help="network precision (auto: bfloat16 on CUDA and on CPUs with bf16 in hardware, "
                         "float32 elsewhere; float16: CUDA only)")
+    m.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="what runs the network: torch (default) or onnxruntime (CPU; PyTorch weights are exported "
+                        "once, or --weights is an .onnx file from dsfd export --outputs raw / --int8; the same "
+                        "decoding and NMS; needs pip install 'dsfd[export]')")
     d = p.add_argument_group("detection")
     PostProcessConfig.add_arguments(d)
     d.add_argument("--min-score", type=float, default=None,
@@ -129,6 +135,43 @@ def _device_for(info: RankInfo, requested: Optional[str]) -> Optional[str]:
         return requested or "cpu"  # "cuda" without a GPU: the Detector says so
     # a bare "cuda" too: each rank its own GPU (torch.cuda.set_device needs an index)
     return f"cuda:{info.local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: they share
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the one typed, with ``--resume``."""
+    import os
+    import shlex
+
+    argv = list(sys.argv)
+    launcher = os.path.basename(argv[0]) if argv else ""
+    if "detect" in argv[1:] and (launcher in ("dsfd", "__main__.py") or launcher.startswith("dsfd")):
+        rest = argv[argv.index("detect", 1) + 1:]
+    else:  # called from Python: the inputs, the output folder and what the pictures show
+        rest = [*map(str, args.paths), "--out", str(args.out)]
+        if args.anonymize:
+            rest += ["--anonymize", args.anonymize]
+        if args.no_draw:
+            rest.append("--no-draw")
+        if args.format != "json":
+            rest += ["--format", args.format]
+    if "--resume" not in rest:
+        rest.append("--resume")
+    return "dsfd detect " + shlex.join(rest)
+
+
+def _disk_full(args: argparse.Namespace, items: Any, e: "DiskFullError") -> int:
+    """One line instead of a traceback: the file, how far the run got, how to continue (exit code 3)."""
+    from .runner import committed_inputs
+
+    try:
+        done = committed_inputs(args.out)
+        n_done = sum(1 for it in items if it.rel.as_posix() in done)
+    except OSError:
+        n_done = 0
+    print(f"dsfd detect: error: no space left on the device: could not write {e.path}; {n_done} of "
+          f"{len(items)} input(s) are done and kept; free some space and continue with: {_resume_command(args)}",
+          file=sys.stderr)
+    return 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,9 +225,9 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
             detector = Detector(
                 weights=args.weights, network=args.network, backbone=args.backbone, device=device,
                 dtype=args.dtype, **PostProcessConfig.from_args(args).as_dict(),
-                max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode,
+                max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode, backend=args.backend,
             )
-        except (ValueError, OSError, RuntimeError) as e:  # bad file / name, failed download
+        except (ValueError, OSError, RuntimeError, ImportError) as e:  # bad file / name, failed download, no onnxruntime
             return _error(str(e))
     if info.is_main:
         for w in caught:
@@ -211,11 +254,14 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
                                                    score_threshold=math.nextafter(floor, 0.0))
     extra = {"face_score_threshold": opts.draw_min, "ignored_files": ignored, "detector": repr(detector),
              "device": str(detector.device), "dtype": str(detector.dtype).replace("torch.", "")}
-    summary = run_detection(detector, items, opts, info, extra)
-    if summary is None:  # not rank 0: rank 0 reports for everyone
-        return 0
-    summary["skipped"] = list(skipped) + summary["skipped"]
-    atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
+    try:
+        summary = run_detection(detector, items, opts, info, extra)
+        if summary is None:  # not rank 0: rank 0 reports for everyone
+            return 0
+        summary["skipped"] = list(skipped) + summary["skipped"]
+        atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
+    except DiskFullError as e:
+        return _disk_full(args, items, e)
     line = f"{summary['images']} image(s)"
     if summary["videos"]:
         line += f", {summary['video_frames']} frame(s) of {summary['videos']} video(s)"
@@ -232,7 +278,8 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         print(f"  skipped {s['path']}: {s['reason']}")
     for n in summary["notes"]:
         print(f"  note {n['path']}: {n['note']}" if n["path"] else f"  {n['note']}")
-    print(f"  ran on {detector.device} in {str(detector.dtype).replace('torch.', '')}"
+    print(f"  ran on {detector.device} in {detector.precision}"
+          f"{' (ONNX Runtime)' if detector.backend == 'onnxruntime' else ''}"
           f"{' (channels_last)' if detector.channels_last else ''}")
     print(f"outputs written to {args.out}")
     return 1 if summary["skipped"] else 0

@@ -19,11 +19,13 @@ writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,12 +33,15 @@ from ..constants import DISPLAY_SCORE
 from .anonymize import ANONYMIZE_METHODS, DEFAULT_MARGIN
 
 __all__ = [
+    "DiskFullError",
     "FORMATS",
     "PICTURES",
     "OutputOptions",
     "atomic_write_bytes",
     "atomic_write_text",
     "detection_records",
+    "is_disk_full",
+    "naming_full_disk",
     "picture_of",
     "picture_name",
     "write_image_outputs",
@@ -75,17 +80,58 @@ class OutputOptions:
 
 # --------------------------------------------------------------------------- atomic files
 
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """No space left (or the quota is used up) while writing ``path``: the run stops, ``--resume`` continues it."""
+
+    def __init__(self, path: "os.PathLike[str] | str", cause: Optional[OSError] = None) -> None:
+        code = cause.errno if cause is not None and cause.errno else errno.ENOSPC
+        super().__init__(code, os.strerror(code), str(path))
+        self.path = Path(path)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` says the disk (or the quota) is full."""
+    return isinstance(e, OSError) and e.errno in _FULL
+
+
+@contextmanager
+def naming_full_disk(path: "os.PathLike[str] | str") -> Iterator[None]:
+    """Turn a full-disk ``OSError`` raised inside into a :class:`DiskFullError` naming ``path``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path, e) from e
+        raise
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers (and a resumed run) never see a partial file."""
+    """Write ``data`` to ``path`` so that readers (and a resumed run) never see a partial file.
+
+    A full disk raises :class:`DiskFullError` naming ``path``, after removing
+    the partial temporary file (so the space it took is free again).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with naming_full_disk(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

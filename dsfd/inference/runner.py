@@ -53,12 +53,14 @@ import torch
 
 from ..constants import DISPLAY_SCORE
 from .anonymize import DEFAULT_MARGIN
-from .outputs import (FORMATS, OutputOptions, VideoPictureWriter, atomic_write_bytes, atomic_write_text,
-                      detection_records, to_coco, write_image_outputs, write_run_files)
+from .outputs import (FORMATS, DiskFullError, OutputOptions, VideoPictureWriter, atomic_write_bytes,
+                      atomic_write_text, detection_records, naming_full_disk, to_coco, write_image_outputs,
+                      write_run_files)
 
 __all__ = [
     "RankInfo",
     "InputItem",
+    "DiskFullError",
     "RunOptions",
     "collect_inputs",
     "shard",
@@ -397,11 +399,17 @@ class _Journal:
             self.f = open(self.path, "w")
 
     def commit(self, record: Dict[str, Any]) -> None:
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
+        with naming_full_disk(self.path):
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:
+            # only a commit that failed (a full disk, already being reported) leaves bytes to flush; a line
+            # torn here is dropped by the next --resume
+            pass
 
 
 def _detect_many(detector: Any, images: List[np.ndarray]) -> List[Any]:
@@ -446,6 +454,8 @@ def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputIte
                 continue
             try:
                 write_image_outputs(opts.output, item.rel, img, dets, item.path)
+            except DiskFullError:
+                raise  # every later input would fail the same way: the run stops and says how to resume
             except Exception as e:  # noqa: BLE001
                 stats.skipped.append({"path": str(item.path),
                                       "reason": f"writing outputs failed: {type(e).__name__}: {e}"})
@@ -480,7 +490,7 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
             _FrameReader(item.path), batch_size=opts.batch_size, collate_fn=list,
             num_workers=1 if opts.workers > 0 else 0, **({"prefetch_factor": 2} if opts.workers > 0 else {}),
         )
-        with open(partial, "w") as lines:
+        with naming_full_disk(partial), open(partial, "w") as lines:
             for batch in loader:
                 frames_np = [t.numpy() for t in batch]
                 results = detector.detect_batch(frames_np, min_score=None)
@@ -494,6 +504,11 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
                 bar.update(len(batch))
                 if on_batch is not None:
                     on_batch(frames)
+    except DiskFullError:
+        bar.close()
+        picture.discard()
+        partial.unlink(missing_ok=True)
+        raise
     except Exception as e:  # noqa: BLE001
         error = f"video failed after {frames} frames: {type(e).__name__}: {e}"
     finally:
