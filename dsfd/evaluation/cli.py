@@ -60,6 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="network precision with --weights (auto: bfloat16 where the device computes it "
                         "in hardware, float32 elsewhere)")
+    d.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="what runs the network with --weights: torch (default) or onnxruntime (CPU; --weights may "
+                        "then be an .onnx file from dsfd export --outputs raw / --int8)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test as in the released DSFD evaluation (slow)")
     u = p.add_argument_group("your own data (COCO / YOLO ground truth in --data)")
@@ -103,7 +106,10 @@ def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto", **opt
     except ImportError as e:
         raise RuntimeError(f"running the detector needs dsfd.inference (torch, OpenCV), which cannot be "
                            f"imported ({e}); score an existing prediction folder with --predictions DIR") from e
-    return load_detector(str(weights), accuracy_mode=accuracy_mode, dtype=dtype, **options)
+    try:
+        return load_detector(str(weights), accuracy_mode=accuracy_mode, dtype=dtype, **options)
+    except ImportError as e:  # backend="onnxruntime" without the package: its one-line message
+        raise RuntimeError(str(e)) from None
 
 
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
@@ -111,7 +117,8 @@ def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
 
     from ..io import ImageError, read_image, write_prediction_file
 
-    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"))
+    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"),
+                              backend=getattr(args, "backend", "torch"))
     if not args.quiet:
         print(f"detector: {detector!r}", file=sys.stderr)
     image_root = data_root / f"WIDER_{args.split}" / "images"
@@ -273,6 +280,7 @@ def _eval_user_data(args, fmt: str) -> int:
     detector = None
     if args.weights is not None:
         opts = {} if args.max_size is None else {"max_size": args.max_size}
+        opts["backend"] = getattr(args, "backend", "torch")
         try:
             detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **opts)
         except (RuntimeError, ValueError, FileNotFoundError) as e:

@@ -330,6 +330,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     sample_size: Sequence[int] = (320, 416),
     check: bool = True,
+    display_score: Optional[float] = None,
 ) -> Path:
     """Write a DSFD network as an ONNX file with dynamic batch, height and width.
 
@@ -351,6 +352,9 @@ def export_onnx(
             other sizes too.
         check: run ``onnx.checker`` on the result (needs the ``onnx`` package)
             and refuse a graph holding a non-standard (``dsfd::``) operator.
+        display_score: the model's drawing threshold recorded in the metadata
+            (``dsfd_display_score``; default: the network's own, when it has one),
+            which ``dsfd.Detector(backend="onnxruntime", weights=...)`` uses.
 
     Returns:
         The path written. Its ``metadata_props`` (with ``onnx``) record the
@@ -402,6 +406,10 @@ def export_onnx(
             {"kind": outputs, "names": wrapper.output_names, **wrapper.postprocess.as_dict()}
         ),
     }
+    if display_score is None:
+        display_score = getattr(net, "display_score", None)
+    if display_score is not None:
+        meta["dsfd_display_score"] = json.dumps(float(display_score))
     _finish(out, meta, check)
     return out
 

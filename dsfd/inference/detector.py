@@ -126,6 +126,16 @@ class Detector:
         fold_batchnorm: fold every BatchNorm into the convolution before it
             (:func:`dsfd.models.fusion.fold_batchnorm`; exact up to float
             rounding, one pass over each activation less). Default on.
+        backend: ``"torch"`` (default) runs the network in PyTorch;
+            ``"onnxruntime"`` runs it in ONNX Runtime on the CPU
+            (:mod:`dsfd.inference.onnx_backend`): PyTorch weights are
+            exported once (the ``"raw"`` graph, dynamic sizes, one cached
+            session), or ``weights`` is an ``.onnx`` file written by ``dsfd
+            export --outputs raw`` or ``dsfd export --int8``. Everything
+            else (canvas, padding, decoding, NMS, mapping back) is the same
+            code for both; ``dtype`` is the file's (float32 or int8:
+            :attr:`precision`), ``compile`` / ``cuda_graphs`` do not apply.
+            Needs the optional ``onnxruntime`` package (``pip install 'dsfd[export]'``).
 
     Example::
 
@@ -156,9 +166,25 @@ class Detector:
         accuracy_mode: bool = False,
         model: Optional[nn.Module] = None,
         fold_batchnorm: bool = True,
+        backend: str = "torch",
     ) -> None:
         from ..precision import resolve_dtype
+        from .onnx_backend import BACKENDS, is_onnx_file
 
+        self.backend = str(backend).lower()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self._ort: Any = None  # the ONNX Runtime network (backend="onnxruntime")
+        if self.backend == "onnxruntime":
+            if device is not None and str(device).lower() not in ("cpu", "auto"):
+                raise ValueError(f"backend='onnxruntime' runs on the CPU here (device={device!r}); use device='cpu'")
+            if dtype is not None and str(dtype).replace("torch.", "") not in ("auto", "float32"):
+                raise ValueError(f"backend='onnxruntime' runs the graph's own precision (float32, or int8 for a "
+                                 f"dsfd export --int8 file), not dtype={dtype!r}")
+            device, dtype = "cpu", torch.float32
+        elif is_onnx_file(weights):
+            raise ValueError(f"{os.fspath(weights)} is an ONNX file: run it with backend='onnxruntime' "
+                             "(--backend onnxruntime)")
         self.device = self._resolve_device(device)
         dtype = resolve_dtype(dtype, self.device)
         self.postprocess = PostProcessConfig(score_threshold, iou_threshold, pre_nms_top_k, max_keep)
@@ -176,10 +202,15 @@ class Detector:
         self.accuracy_mode = bool(accuracy_mode)
         default_cl = self.device.type == "cuda" or dtype == torch.bfloat16
         self.channels_last = default_cl if channels_last is None else bool(channels_last)
+        if self.backend == "onnxruntime":
+            self.channels_last = False  # the graph takes the uint8 NHWC canvas itself
         self.random_weights = False
         self.weights: Optional[str] = None
 
-        self.model: DetectionModel = self._build_model(weights, network, backbone, model)
+        if self.backend == "onnxruntime":
+            self.model = self._build_ort(weights, network, backbone, model)
+        else:
+            self.model = self._build_model(weights, network, backbone, model)
         if not isinstance(self.model, DetectionModel):
             raise TypeError(f"a {type(self.model).__name__} is not a DSFD network (dsfd.models.DetectionModel)")
         self.model.eval().requires_grad_(False)
@@ -187,6 +218,8 @@ class Detector:
         #: (stored with its weights, chosen from its PR curve) or :data:`DISPLAY_SCORE`.
         self.display_score = float(getattr(self.model, "display_score", None) or DISPLAY_SCORE)
         self.folded_batchnorms = 0
+        if self._ort is not None:
+            fold_batchnorm = False  # ONNX Runtime folds them in its graph optimisation
         if fold_batchnorm:
             from ..models.fusion import fold_batchnorm as fold
 
@@ -197,7 +230,7 @@ class Detector:
             if hasattr(self.model, "fold_fem_norm"):
                 self.model.fold_fem_norm()  # a --fem-norm training checkpoint's FEM BatchNorms (no-op otherwise)
             self.folded_batchnorms = fold(self.model)
-        if self.dtype in (torch.bfloat16, torch.float16):
+        if self.dtype in (torch.bfloat16, torch.float16) and self._ort is None:
             if model is not None and not fold_batchnorm:
                 import copy
 
@@ -207,7 +240,8 @@ class Detector:
             for m in self.model.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     m.to(self.dtype)
-        self.model.to(self.device)
+        if self._ort is None:
+            self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self._mean_hwc = torch.tensor(self.model.pixel_mean, device=self.device)  # BGR, for NHWC input
@@ -215,9 +249,14 @@ class Detector:
             float(v).is_integer() and abs(v) <= 256 for v in self.model.pixel_mean)
         # the padding value: exactly zero after normalisation
         self._mean_u8 = np.array([round(v) for v in self.model.pixel_mean], dtype=np.uint8)
-        self._padding = PaddingMask(
-            self.model.inference_anchors, self.device, lambda h, w: self.model(torch.zeros(1, 3, h, w, device=self.device))
-        )
+        if self._ort is None:
+            self._padding = PaddingMask(
+                self.model.inference_anchors, self.device,
+                lambda h, w: self.model(torch.zeros(1, 3, h, w, device=self.device)),
+            )
+        else:  # the feature-map sizes from a weightless copy of the network on the meta device
+            self._padding = PaddingMask(self._shapes.inference_anchors, self.device,
+                                        lambda h, w: self._shapes(torch.zeros(1, 3, h, w, device="meta")))
         self._network = torch.compile(self.model) if compile else self.model
         self.compiled = bool(compile)
         self.cuda_graphs = bool(cuda_graphs)
@@ -240,6 +279,39 @@ class Detector:
             raise ValueError(f"unsupported device {str(dev)!r}; use 'cpu' or 'cuda'")
         return dev
 
+    def _build_ort(self, weights: Any, network: Optional[str], backbone: Optional[str],
+                   model: Optional[nn.Module]) -> nn.Module:
+        """The ONNX Runtime network (``self._ort``) and the model that describes it (returned).
+
+        From an ``.onnx`` file the description is a weightless ``meta``-device
+        copy of the network named in its metadata; otherwise the PyTorch model,
+        exported once into the session.
+        """
+        from .onnx_backend import OrtNetwork, export_raw_bytes, import_onnxruntime, is_onnx_file, meta_skeleton
+
+        import_onnxruntime()  # the missing-package error before any export
+        if is_onnx_file(weights):
+            if model is not None:
+                raise ValueError("pass either weights or model, not both")
+            self.weights = os.fspath(weights)
+            self._ort = OrtNetwork(weights)
+            described = meta_skeleton(self._ort.config)
+            if self._ort.display_score is not None:
+                described.display_score = float(self._ort.display_score)
+            self._shapes = described
+            return described
+        built = self._build_model(weights, network, backbone, model)
+        self._ort = OrtNetwork(export_raw_bytes(built))
+        self._shapes = meta_skeleton(getattr(built, "config", {}))
+        return built
+
+    @property
+    def precision(self) -> str:
+        """What the network computes in: ``"float32"``, ``"bfloat16"``, ``"float16"`` or (ONNX Runtime) ``"int8"``."""
+        if self._ort is not None:
+            return self._ort.precision
+        return str(self.dtype).replace("torch.", "")
+
     def _build_model(self, weights: Any, network: Optional[str], backbone: Optional[str],
                      model: Optional[nn.Module]) -> nn.Module:
         from ..models import default_or_random_model, load_weights
@@ -261,8 +333,9 @@ class Detector:
         src = "random weights" if self.random_weights else (self.weights or "given model")
         pp = self.postprocess
         return (
-            f"Detector({cfg.get('network', '?')}/{cfg.get('backbone', '?')}, {src}, device={self.device}, "
-            f"dtype={self.dtype}, channels_last={self.channels_last}, score_threshold={pp.score_threshold}, "
+            f"Detector({cfg.get('network', '?')}/{cfg.get('backbone', '?')}, {src}, backend={self.backend}, "
+            f"device={self.device}, dtype={self.dtype}, "
+            f"{f'precision={self.precision}, ' if self._ort is not None else ''}channels_last={self.channels_last}, score_threshold={pp.score_threshold}, "
             f"iou_threshold={pp.iou_threshold}, input_size={self.input_size}, accuracy_mode={self.accuracy_mode})"
         )
 
@@ -485,6 +558,8 @@ class Detector:
         ``-255..255``, exact in both, so this is what the first convolution's
         autocast cast would give, one full-size conversion pass earlier.
         """
+        if self._ort is not None:
+            return images_u8  # the ONNX graph takes the uint8 canvas and subtracts the mean itself
         # on the NHWC storage (the permuted result is channels_last already), in float32: measured 4x
         # faster than the same subtraction in bf16 or on the permuted view (0.48 vs 1.95 ms at 640x480)
         x = images_u8.float() - self._mean_hwc
@@ -494,7 +569,12 @@ class Detector:
         return x if self.channels_last else x.contiguous()
 
     def run_network(self, x: Tensor, cache_enabled: bool = True) -> Any:
-        """The (compiled) network's raw output for :meth:`network_input` under the detector's precision."""
+        """The (compiled) network's raw output for :meth:`network_input` under the detector's precision.
+
+        With ``backend="onnxruntime"``: ONNX Runtime's ``ShotOutput(loc, conf, anchors)``.
+        """
+        if self._ort is not None:
+            return self._ort(x)
         if self.dtype == torch.float32:
             autocast = torch.autocast(self.device.type, enabled=False)
         else:
@@ -508,10 +588,11 @@ class Detector:
     ) -> Tuple[Tensor, Tensor]:
         """The device part: normalise, forward, decode, batched NMS, map back, clip."""
         _, H, W, _ = x_u8.shape
-        shot = self.model.inference_shot(self.run_network(self.network_input(x_u8), cache_enabled=not graph_safe))
+        out = self.run_network(self.network_input(x_u8), cache_enabled=not graph_safe)
+        shot = out if self._ort is not None else self.model.inference_shot(out)
         boxes, scores = decode_detections(shot.loc, shot.conf, shot.anchors, self.model.variances, H, W)
         if mask_padding:
-            scores = self._padding.mask_scores(scores, meta, H, W, self.compiled)
+            scores = self._padding.mask_scores(scores, meta, H, W, self.compiled or self._ort is not None)
         kb, ks, counts = select_detections(boxes, scores, postprocess or self.postprocess)
         kb = kb / meta[:, None, 2:6]
         kb = torch.minimum(torch.maximum(kb, meta[:, None, 6:10]), meta[:, None, 10:14])
