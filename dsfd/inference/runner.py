@@ -273,8 +273,9 @@ def _io() -> Any:
 class _ImageDecoder(torch.utils.data.Dataset):
     """DataLoader dataset: item ``k`` -> ``(k, image or None, note or error)`` decoded in a worker."""
 
-    def __init__(self, items: Sequence[InputItem]) -> None:
+    def __init__(self, items: Sequence[InputItem], upright: bool = False) -> None:
         self.items = list(items)
+        self.upright = upright  # apply the EXIF orientation to the pixels (anonymised copies: metadata.py)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -285,6 +286,10 @@ class _ImageDecoder(torch.utils.data.Dataset):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 img = _io().read_image(item.path)
+                if self.upright:
+                    from .metadata import apply_orientation, read_orientation
+
+                    img = apply_orientation(img, read_orientation(item.path))
             # a tensor crosses from a worker through shared memory; an array would be pickled
             return k, torch.from_numpy(img), "; ".join(str(w.message) for w in caught) or None
         except Exception as e:  # noqa: BLE001 - reported per input, the run goes on
@@ -429,7 +434,7 @@ def _try_one(detector: Any, image: np.ndarray) -> Any:
 
 def _run_images(opts: RunOptions, detector: Any, items: List[Tuple[int, InputItem]], journal: _Journal,
                 stats: _Stats, bar: Any) -> None:
-    decoder = _ImageDecoder([it for _, it in items])
+    decoder = _ImageDecoder([it for _, it in items], upright=opts.anonymize is not None)
 
     def decoded() -> Iterator[Tuple[int, np.ndarray]]:
         # no worker processes to start for a single photo (the README's main command)
