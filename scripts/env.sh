@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${DSFD_VENV:-.venv}
 TORCH_SPEC=${DSFD_TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-DEPS="$TORCH_SPEC setuptools>=64 wheel ninja numpy opencv-python-headless tqdm matplotlib scipy pytest onnx onnxruntime pycocotools"
+DEPS="$TORCH_SPEC setuptools>=64 wheel ninja numpy opencv-python-headless tqdm matplotlib scipy pytest onnx onnxruntime pycocotools av"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[env] creating $VENV with $($PYTHON --version)"

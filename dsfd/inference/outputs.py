@@ -8,8 +8,10 @@
 * **The picture** (``--anonymize``, ``--no-draw``): a copy of each photo /
   video with the kept faces boxed (``boxes``, the default), or hidden
   (``blur``, ``pixelate``, ``box``; see :mod:`dsfd.inference.anonymize`), or
-  none. Photos keep their format where OpenCV can write it (PNG otherwise);
-  videos are written as MP4 at the source's frame rate and size.
+  none. Photos keep their format where OpenCV can write it (PNG otherwise)
+  and carry no metadata (:mod:`dsfd.inference.metadata`); videos are written
+  as H.264 MP4 with the source's frames, frame times, size and sound
+  (:mod:`dsfd.inference.video`; OpenCV's silent ``mp4v`` without PyAV).
 
 Every file is written atomically (a temporary file, then a rename), so a
 killed run never leaves a partial output for ``--resume`` to trust; the
@@ -67,6 +69,7 @@ class OutputOptions:
     save_min: float = DISPLAY_SCORE  # score from which boxes go into the detection files
     draw_min: float = DISPLAY_SCORE  # score from which faces are drawn / hidden
     margin: float = DEFAULT_MARGIN  # anonymisation: share of a box each side grows by
+    video_codec: str = "auto"  # h264 (PyAV, with sound), mp4v (OpenCV, no sound) or auto (h264 when PyAV is here)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -192,33 +195,40 @@ def write_image_outputs(opts: OutputOptions, rel: Path, image: np.ndarray, dets:
 
 
 class VideoPictureWriter:
-    """The picture of a video, frame by frame: an MP4 at the source's frame rate and frame size.
+    """The picture of a video, frame by frame: an MP4 with the source's frames, timing, size and sound.
 
-    Frames go to a hidden temporary file that :meth:`finish` renames into
-    place (``discard`` deletes it), so a killed run leaves no partial video.
+    H.264 with the audio track copied when PyAV is installed, OpenCV's
+    ``mp4v`` without sound otherwise (:mod:`dsfd.inference.video`). Frames
+    go to a hidden temporary file that :meth:`finish` renames into place
+    (``discard`` deletes it), so a killed run leaves no partial video.
     """
 
-    def __init__(self, opts: OutputOptions, target: Path, fps: float) -> None:
+    def __init__(self, opts: OutputOptions, target: Path, fps: float, source: Optional[Path] = None) -> None:
         self.opts, self.target, self.fps = opts, Path(target).with_suffix(".mp4"), float(fps)
+        self.source = None if source is None else Path(source)
         self.tmp = self.target.with_name(f".{self.target.stem}.mp4.partial.mp4")
         self._writer: Any = None
+        self._closed = False
 
     def write(self, frame: np.ndarray, dets: np.ndarray) -> None:
-        import cv2
-
         if self.opts.picture is None:
             return
-        if self._writer is None:
-            h, w = frame.shape[:2]
-            self.tmp.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise OSError(f"could not open a video writer for {self.tmp}")
-        self._writer.write(picture_of(frame, dets, self.opts))
+        self.write_picture(picture_of(frame, dets, self.opts))
+
+    def write_picture(self, picture: np.ndarray) -> None:
+        """Append one finished picture (boxes drawn or faces hidden already)."""
+        from .video import open_writer
+
+        with naming_full_disk(self.target):
+            if self._writer is None:
+                self._writer = open_writer(self.tmp, self.source, self.fps, self.opts.video_codec)
+            self._writer.write(picture)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
+        if self._writer is not None and not self._closed:
+            self._closed = True
+            with naming_full_disk(self.target):
+                self._writer.close()
 
     def finish(self) -> None:
         """Close and move the video into place (nothing to do when no frame was written)."""
@@ -227,7 +237,10 @@ class VideoPictureWriter:
             os.replace(self.tmp, self.target)
 
     def discard(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the file is deleted anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
 

@@ -484,7 +484,7 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
     base.parent.mkdir(parents=True, exist_ok=True)
     lines_path = base.with_suffix(".jsonl")
     partial = lines_path.with_name(lines_path.name + ".partial")
-    picture = VideoPictureWriter(opts.output, base, fps)
+    picture = VideoPictureWriter(opts.output, base, fps, source=item.path)
     frames = faces = 0
     from tqdm.auto import tqdm
 
