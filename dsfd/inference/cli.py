@@ -55,6 +55,7 @@ from typing import Any, Optional
 from ..constants import BACKBONES, DISPLAY_SCORE
 from ..postprocess import PostProcessConfig
 from .anonymize import ANONYMIZE_METHODS, DEFAULT_MARGIN
+from .tracking import HOLD_SECONDS
 from .runner import (FORMATS, DiskFullError, InputItem, RankInfo, RunOptions, atomic_write_text, collect_inputs,
                      run_detection)
 
@@ -107,6 +108,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     o.add_argument("--anonymize-margin", type=float, default=DEFAULT_MARGIN, metavar="M",
                    help=f"grow each face box by M times its width / height on every side before hiding it, "
                         f"so hair and chin edges are covered (default {DEFAULT_MARGIN})")
+    o.add_argument("--anonymize-hold", type=float, default=HOLD_SECONDS, metavar="S",
+                   help=f"videos: a face stays hidden S seconds after the detector last saw it, and boxes between "
+                        f"two detections of a face up to S apart are interpolated (an IoU tracker; frames wait "
+                        f"S seconds in a buffer); 0: each frame alone (default {HOLD_SECONDS})")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     r = p.add_argument_group("large runs")
     r.add_argument("--workers", type=int, default=None,
@@ -184,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         return _error("--anonymize writes anonymised copies; it cannot be combined with --no-draw")
     if args.anonymize_margin < 0:
         return _error("--anonymize-margin must be >= 0")
+    if args.anonymize_hold < 0:
+        return _error("--anonymize-hold must be >= 0")
     try:
         info = RankInfo.from_env()
     except ValueError as e:
@@ -241,7 +248,7 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         save_min=fmt_default if args.min_score is None else args.min_score,
         draw_min=display if args.min_score is None else args.min_score,
         batch_size=args.batch_size, resume=args.resume, progress=not args.quiet,
-        anonymize=args.anonymize, margin=args.anonymize_margin,
+        anonymize=args.anonymize, margin=args.anonymize_margin, hold=args.anonymize_hold,
         # measured on a 2-core CPU: 2 workers gave 0.86x the images/s of none (benchmarks/detect_pipeline.py)
         workers=args.workers if args.workers is not None else (2 if detector.device.type == "cuda" else 0),
     )

@@ -53,6 +53,7 @@ import torch
 
 from ..constants import DISPLAY_SCORE
 from .anonymize import DEFAULT_MARGIN
+from .tracking import HOLD_SECONDS, FaceHold
 from .outputs import (FORMATS, DiskFullError, OutputOptions, VideoPictureWriter, atomic_write_bytes,
                       atomic_write_text, detection_records, naming_full_disk, to_coco, write_image_outputs,
                       write_run_files)
@@ -243,6 +244,7 @@ class RunOptions:
     window: int = 4  # decoded images waiting to be batched, in batches
     anonymize: Optional[str] = None  # the picture hides the faces (blur / pixelate / box) instead of boxing them
     margin: float = DEFAULT_MARGIN
+    hold: float = HOLD_SECONDS  # videos, with anonymize: seconds a face stays hidden after its last detection
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -250,6 +252,8 @@ class RunOptions:
             raise ValueError("batch_size must be >= 1")
         if self.workers < 0:
             raise ValueError("workers must be >= 0")
+        if self.hold < 0:
+            raise ValueError(f"hold must be >= 0, got {self.hold}")
         if self.anonymize is not None and not self.draw:
             raise ValueError("anonymize writes anonymised copies: it cannot be combined with draw=False")
         self.output = OutputOptions(self.out, self.format, (self.anonymize or "boxes") if self.draw else None,
@@ -486,6 +490,8 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
     partial = lines_path.with_name(lines_path.name + ".partial")
     picture = VideoPictureWriter(opts.output, base, fps, source=item.path)
     frames = faces = 0
+    # anonymised videos: tracked faces stay hidden through the detector's misses (a look-ahead of `hold` frames)
+    held = FaceHold(fps, opts.hold if opts.anonymize else 0.0, min_score=opts.draw_min)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total or None, desc=item.path.name, unit="frame", disable=not opts.progress, leave=False)
@@ -502,13 +508,16 @@ def _run_video(opts: RunOptions, detector: Any, index: int, item: InputItem, jou
                 for frame, dets in zip(frames_np, results):
                     lines.write(json.dumps({"frame": frames, "time_s": round(frames / fps, 4),
                                             "detections": detection_records(dets, opts.save_min)}) + "\n")
-                    picture.write(frame, dets)
+                    for shown, boxes in held.push(frame, dets):
+                        picture.write(shown, boxes)
                     faces += int((dets[:, 4] >= opts.draw_min).sum())
                     frames += 1
                 lines.flush()
                 bar.update(len(batch))
                 if on_batch is not None:
                     on_batch(frames)
+            for shown, boxes in held.flush():
+                picture.write(shown, boxes)
     except DiskFullError:
         bar.close()
         picture.discard()
