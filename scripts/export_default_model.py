@@ -16,8 +16,22 @@ F1 of the boxes a plain ``dsfd detect`` keeps against *all* valid WIDER faces
 which left almost every small face below the threshold)
 (:mod:`dsfd.evaluation.display`); it is stored in the checkpoint's config
 (``display_score``, what ``Detector`` and ``dsfd detect`` draw from) with the
-precision and recall there. The pretrained file a run started from
-(``--pretrained``) is recorded with its sha256.
+precision and recall there. The same folder chooses the model's *hiding*
+threshold (``hide_score``, what ``dsfd detect --anonymize`` hides from): the
+lowest threshold whose area cost -- the share of the photos' pixels outside
+every face box that the anonymiser hides, boxes grown by its 0.2 margin --
+stays within ``--hide-max-cost`` (0.10), so that as many faces as that cost
+allows are hidden (:func:`dsfd.evaluation.display.choose_hide_threshold`);
+it is recorded with the faces hidden by size there. The pretrained file a
+run started from (``--pretrained``) is recorded with its sha256.
+
+``--update`` re-chooses the hiding threshold of an already exported file
+(the CHECKPOINT argument is that file) and stores it in place, in its config
+and in its ``.json`` record, without touching the weights or the drawing
+threshold (``--display-score`` sets that too)::
+
+    dsfd eval --weights default --predictions runs/val_preds --out runs/val_eval --no-plots
+    python scripts/export_default_model.py dsfd/weights/default.pth --update --predictions runs/val_preds
 """
 
 from __future__ import annotations
@@ -133,6 +147,57 @@ def _display_threshold(predictions: str, setting: str = "hard") -> dict:
                       for x, p, r in zip(curve.thresholds, curve.precision, curve.recall)]}
 
 
+def _hide_threshold(predictions: str, max_cost: float) -> dict:
+    """The hiding threshold from a WIDER prediction folder of the val subset (lowest with area cost <= max_cost)."""
+    from dsfd.evaluation.display import choose_hide_threshold, hiding_curve, wider_hiding_ground_truth
+    from dsfd.io import read_prediction_folder
+
+    preds, _ = read_prediction_folder(predictions)
+    curve = hiding_curve(preds, wider_hiding_ground_truth())
+    t = choose_hide_threshold(curve, max_cost)
+    return {"rule": f"lowest threshold whose area cost (share of the photos' pixels outside every WIDER face box "
+                    f"hidden by the boxes scoring >= t, grown by the anonymiser's margin {curve.margin:g}) is <= "
+                    f"{max_cost:g} on the val subset; a face counts as hidden when >= {curve.cover:g} of its box "
+                    f"is covered; sizes by the shorter side of the box",
+            "max_cost": max_cost, **curve.at(t),
+            "curve": [{"threshold": float(x), "cost": round(float(c), 4),
+                       **{b: round(float(v[k]), 4) for b, v in curve.hidden.items()}}
+                      for k, (x, c) in enumerate(zip(curve.thresholds, curve.cost))]}
+
+
+def _update(args: argparse.Namespace) -> int:
+    """--update: re-choose the hiding threshold of an exported file and store it in place (weights untouched)."""
+    path = Path(args.checkpoint)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = dict(ckpt.get("config") or {})
+    drawing = None  # the drawing threshold stays as exported unless --display-score says otherwise
+    hiding = _hide_threshold(args.predictions, args.hide_max_cost) if args.predictions and args.hide_score is None else None
+    if args.display_score is not None or drawing is not None:
+        config["display_score"] = float(args.display_score if args.display_score is not None else drawing["threshold"])
+    if args.hide_score is not None or hiding is not None:
+        config["hide_score"] = float(args.hide_score if args.hide_score is not None else hiding["threshold"])
+    ckpt["config"] = config
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    dsfd.models.load_weights(path)  # still loads
+    record_path = path.with_suffix(".json")
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        record["config"] = config
+        record["bytes"] = path.stat().st_size
+        if drawing is not None:
+            record["drawing"] = drawing
+        if hiding is not None:
+            record["hiding"] = hiding
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({"file": str(path), "display_score": config.get("display_score"),
+                      "hide_score": config.get("hide_score"),
+                      "hidden_at_hide_score": hiding["hidden"] if hiding else None,
+                      "cost_at_hide_score": hiding["cost"] if hiding else None}))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
@@ -143,12 +208,20 @@ def main() -> int:
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the size)")
     p.add_argument("--predictions", help="WIDER prediction folder of the val subset: chooses the drawing threshold")
     p.add_argument("--display-score", type=float, help="the drawing threshold, instead of --predictions' choice")
+    p.add_argument("--hide-score", type=float, help="the hiding threshold, instead of --predictions' choice")
+    p.add_argument("--hide-max-cost", type=float, default=0.10,
+                   help="--predictions chooses the lowest hiding threshold whose area cost is <= this (0.10)")
+    p.add_argument("--update", action="store_true",
+                   help="CHECKPOINT is an exported file: re-choose its hiding threshold from --predictions (and "
+                        "set --display-score if given) and store them in place")
     p.add_argument("--display-setting", default="hard", choices=["medium", "hard"],
                    help="whose faces the drawing threshold is chosen for (hard: all valid faces)")
     p.add_argument("--stage-log", action="append", default=[],
                    help="log.jsonl of an earlier stage this run continued from (repeatable, oldest first)")
     p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
     args = p.parse_args()
+    if args.update:
+        return _update(args)
 
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     model = dsfd.models.load_weights(args.checkpoint).eval()  # proves the checkpoint loads
@@ -165,6 +238,9 @@ def main() -> int:
     if args.display_score is not None or drawing is not None:
         config["display_score"] = float(args.display_score if args.display_score is not None
                                         else drawing["threshold"])
+    hiding = _hide_threshold(args.predictions, args.hide_max_cost) if args.predictions else None
+    if args.hide_score is not None or hiding is not None:
+        config["hide_score"] = float(args.hide_score if args.hide_score is not None else hiding["threshold"])
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     if args.fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -194,6 +270,8 @@ def main() -> int:
         record["earlier_stages"] = [_training_record(log) for log in args.stage_log]
     if drawing is not None:
         record["drawing"] = drawing
+    if hiding is not None:
+        record["hiding"] = hiding
     if args.eval_json:
         record["evaluation"] = json.loads(Path(args.eval_json).read_text())
     if args.eval_json_accuracy_mode:

@@ -90,7 +90,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     PostProcessConfig.add_arguments(d)
     d.add_argument("--min-score", type=float, default=None,
                    help=f"drawing / saving threshold (default: the model's own, stored with its weights and chosen from "
-                        f"its PR curve; {DISPLAY_SCORE} for weights without one; --format wider saves all by default)")
+                        f"its PR curve; {DISPLAY_SCORE} for weights without one; --format wider saves all by default; "
+                        f"with --anonymize: the model's hiding threshold hide_score, chosen for recall)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test of the released WIDER protocol (~11 passes per image, slow)")
     d.add_argument("--batch-size", type=int, default=4,
@@ -104,7 +105,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     o.add_argument("--anonymize", choices=list(ANONYMIZE_METHODS), default=None,
                    help="write copies of the photos / videos with every kept face hidden (blurred, pixelated or "
                         "covered by a black box) instead of boxed; faces from --min-score (default: the model's "
-                        "drawing threshold)")
+                        "hiding threshold, hide_score, chosen for recall and stored with its weights; its drawing "
+                        "threshold for weights without one)")
     o.add_argument("--anonymize-margin", type=float, default=DEFAULT_MARGIN, metavar="M",
                    help=f"grow each face box by M times its width / height on every side before hiding it, "
                         f"so hair and chin edges are covered (default {DEFAULT_MARGIN})")
@@ -242,6 +244,11 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
 
     # the model's own drawing threshold (stored with its weights), unless --min-score says otherwise
     display = detector.display_score
+    if args.anonymize:  # hiding: the model's recall-first threshold (its display_score for weights without one)
+        display = getattr(detector, "hide_score", None) or display
+    threshold_source = ("--min-score" if args.min_score is not None else
+                        "hide_score (the model's hiding threshold)" if args.anonymize else
+                        "display_score (the model's drawing threshold)")
     fmt_default = 0.0 if args.format == "wider" else display
     opts = RunOptions(
         out=args.out, format=args.format, draw=not args.no_draw,
@@ -259,7 +266,8 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         # ones: filtering at the floor before NMS keeps exactly the same boxes, with far fewer to sort.
         detector.postprocess = dataclasses.replace(detector.postprocess,
                                                    score_threshold=math.nextafter(floor, 0.0))
-    extra = {"face_score_threshold": opts.draw_min, "ignored_files": ignored, "detector": repr(detector),
+    extra = {"face_score_threshold": opts.draw_min, "face_score_threshold_from": threshold_source,
+             "anonymize": args.anonymize, "ignored_files": ignored, "detector": repr(detector),
              "device": str(detector.device), "dtype": str(detector.dtype).replace("torch.", "")}
     try:
         summary = run_detection(detector, items, opts, info, extra)
@@ -272,7 +280,8 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
     line = f"{summary['images']} image(s)"
     if summary["videos"]:
         line += f", {summary['video_frames']} frame(s) of {summary['videos']} video(s)"
-    line += (f", {summary['faces']} face(s) with score >= {opts.draw_min:g}, "
+    line += (f", {summary['faces']} face(s) {'hidden, ' if args.anonymize else 'with '}score >= {opts.draw_min:g} "
+             f"({threshold_source.split(' ')[0]}), "
              f"{summary['images_per_second']:.2f} images/s, {len(summary['skipped'])} skipped")
     if info.distributed:
         line += f" ({info.world_size} ranks)"

@@ -217,6 +217,8 @@ class Detector:
         #: Score from which a face is drawn / saved by default: the model's own threshold
         #: (stored with its weights, chosen from its PR curve) or :data:`DISPLAY_SCORE`.
         self.display_score = float(getattr(self.model, "display_score", None) or DISPLAY_SCORE)
+        # the model's hiding threshold (--anonymize: chosen for recall, stored with its weights); else display_score
+        self.hide_score = float(getattr(self.model, "hide_score", None) or self.display_score)
         self.folded_batchnorms = 0
         if self._ort is not None:
             fold_batchnorm = False  # ONNX Runtime folds them in its graph optimisation

@@ -182,6 +182,8 @@ def write_image_outputs(opts: OutputOptions, rel: Path, image: np.ndarray, dets:
         record = {"image": str(source if source is not None else rel), "width": int(image.shape[1]),
                   "height": int(image.shape[0]), "min_score": opts.save_min,
                   "detections": detection_records(dets, opts.save_min)}
+        if opts.picture in ANONYMIZE_METHODS:
+            record["hidden_min_score"] = opts.draw_min  # the faces hidden in the picture score at least this
         atomic_write_text(target.with_suffix(".json"), json.dumps(record))
     if opts.picture is not None:
         name = picture_name(rel)

@@ -348,4 +348,7 @@ def load_weights(
     if config is not None and config.get("display_score") is not None:
         # the model's own drawing threshold, chosen from its PR curve (see dsfd.evaluation.display_threshold)
         model.display_score = float(config["display_score"])
+    if config is not None and config.get("hide_score") is not None:
+        # the model's hiding threshold, chosen for recall (see dsfd.evaluation.display.choose_hide_threshold)
+        model.hide_score = float(config["hide_score"])
     return model.eval()
