@@ -112,13 +112,18 @@ def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto", **opt
         raise RuntimeError(str(e)) from None
 
 
+def _backend(args) -> dict:
+    """``{"backend": ...}`` for ``--backend onnxruntime``; nothing for the default (the load_detector contract)."""
+    backend = getattr(args, "backend", "torch")
+    return {} if backend == "torch" else {"backend": backend}
+
+
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
     from tqdm import tqdm
 
     from ..io import ImageError, read_image, write_prediction_file
 
-    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"),
-                              backend=getattr(args, "backend", "torch"))
+    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **_backend(args))
     if not args.quiet:
         print(f"detector: {detector!r}", file=sys.stderr)
     image_root = data_root / f"WIDER_{args.split}" / "images"
@@ -280,7 +285,7 @@ def _eval_user_data(args, fmt: str) -> int:
     detector = None
     if args.weights is not None:
         opts = {} if args.max_size is None else {"max_size": args.max_size}
-        opts["backend"] = getattr(args, "backend", "torch")
+        opts.update(_backend(args))
         try:
             detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **opts)
         except (RuntimeError, ValueError, FileNotFoundError) as e:
