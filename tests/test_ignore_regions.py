@@ -301,3 +301,33 @@ def test_train_cli_flags_reach_the_config():
     assert cfg.ignore_iou == 0.2 and cfg.min_negatives == 16 and cfg.crop_scale == (0.3, 1.6)
     cfg = config_from_args(parser.parse_args(["train"]))
     assert cfg.ignore_iou == 0.1 and cfg.min_negatives == 0 and cfg.crop_scale == (0.3, 1.0)
+
+
+# ----------------------------------------------------------------------------- issue #33 pieces in training
+def test_frozen_batchnorms_stay_frozen_under_sync_batchnorm():
+    from dsfd.models import build_model
+    from dsfd.training.model_setup import freeze_module, to_sync_batchnorm
+
+    model = build_model("paper", "tiny", fem_norm=True)  # BatchNorms outside the backbone too
+    frozen = freeze_module(model.backbone)
+    assert frozen
+    synced, frozen2 = to_sync_batchnorm(model, frozen)
+    modules = set(map(id, synced.modules()))
+    assert len(frozen2) == len(frozen) and all(id(m) in modules for m in frozen2)
+    assert all(isinstance(m, torch.nn.SyncBatchNorm) for m in frozen2)
+    assert not any(id(m) in modules for m in frozen)  # the old list pointed at detached modules
+    synced.train()
+    for m in frozen2:
+        m.eval()
+    trained = [m for m in synced.modules() if isinstance(m, torch.nn.SyncBatchNorm) and m.training]
+    assert trained and not any(m in frozen2 for m in trained)
+    assert all(not p.requires_grad for m in frozen2 for p in m.parameters())
+
+
+@pytest.mark.parametrize("argv", [["--weights", ""], ["--resume", ""], ["--data", " "], ["--pretrained", ""]])
+def test_train_rejects_empty_paths(argv, capsys):
+    from dsfd.cli import main
+
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and argv[0] in err

@@ -181,6 +181,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def empty_arguments(args: argparse.Namespace) -> List[str]:
+    """The path-like flags given as empty strings (``--weights ""`` would silently train from scratch)."""
+    flags = {"data": "--data", "init_weights": "--weights", "resume": "--resume", "backbone_weights": "--pretrained",
+             "init_backbone": "--init-backbone", "out": "--out", "images": "--images"}
+    bad = []
+    for attr, flag in flags.items():
+        value = getattr(args, attr, None)
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and not str(v).strip() for v in values):
+            bad.append(flag)
+    return bad
+
+
 def _error(msg: str) -> int:
     print(f"dsfd train: error: {msg}", file=sys.stderr)
     return 2
@@ -195,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
+    empty = empty_arguments(args)
+    if empty:
+        return _error(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: give a path or name "
+                      "(or leave the flag out)")
     try:
         cfg = config_from_args(args)
     except ValueError as e:

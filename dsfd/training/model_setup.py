@@ -117,3 +117,18 @@ def build_training_model(cfg: TrainConfig) -> Tuple[nn.Module, List[nn.Module]]:
                 if m not in frozen:
                     frozen.append(m)
     return model, frozen
+
+
+def to_sync_batchnorm(model: nn.Module, frozen: List[nn.Module]) -> Tuple[nn.Module, List[nn.Module]]:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the frozen BatchNorms frozen.
+
+    The conversion replaces every BatchNorm module, so a list of frozen
+    layers collected before it would point at the detached old modules (and
+    the new ones would keep updating their statistics): the list is rebuilt
+    by module name.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    frozen_names = [names[id(m)] for m in frozen]
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    modules = dict(model.named_modules())
+    return model, [modules[n] for n in frozen_names]

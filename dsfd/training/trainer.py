@@ -69,7 +69,7 @@ from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
-from .model_setup import build_training_model
+from .model_setup import build_training_model, to_sync_batchnorm
 
 __all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
 
@@ -266,7 +266,7 @@ class Trainer:
         if cfg.bn == "sync" and self.info.distributed:
             if device.type != "cuda":
                 raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model, self.frozen_bn = to_sync_batchnorm(model, self.frozen_bn)
         self.model = model
         self.criterion = ProgressiveAnchorLoss(
             lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou,
