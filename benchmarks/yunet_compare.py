@@ -15,6 +15,12 @@ in the README's headline table and docs/models.md: YuNet's predictions are in ``
 
     python benchmarks/yunet_compare.py                 # default model, dtype auto
     python benchmarks/yunet_compare.py --dtype float32 --out /tmp/yunet.json
+    python benchmarks/yunet_compare.py --paths torch ort-fp32 ort-int8   # the three backends beside YuNet
+
+``--paths`` times several dsfd paths in the same alternation: ``torch``
+(``--dtype``), ``ort-fp32`` (``Detector(backend="onnxruntime")``, the
+weights exported once) and ``ort-int8`` (the int8 file of ``dsfd export
+--int8`` with its default calibration, built before timing, or ``--int8-file``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import dataclasses
 import math
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -58,34 +65,49 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     onnx = yunet_path()
     yunet = cv2.FaceDetectorYN.create(str(onnx), "", (width, height), YUNET_SCORE, 0.3, 5000)
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    with warnings.catch_warnings():
+    dets: Dict[str, Detector] = {}
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="yunet_compare_") as tmp:
         warnings.simplefilter("ignore")
-        det = Detector(weights=args.weights, device="cpu", dtype=dtype)
-    # Both detectors as users run them: filter at the drawing threshold before NMS (YuNet's score
-    # threshold; dsfd detect does the same with the model's own threshold, see dsfd.inference.cli).
-    det.postprocess = dataclasses.replace(det.postprocess, score_threshold=math.nextafter(det.display_score, 0.0))
+        for path in args.paths:
+            if path == "torch":
+                dets[path] = Detector(weights=args.weights, device="cpu", dtype=dtype)
+            elif path == "ort-fp32":
+                dets[path] = Detector(weights=args.weights, backend="onnxruntime")
+            else:  # ort-int8: the file of `dsfd export --int8 --weights W` (default calibration), or the one given
+                int8 = args.int8_file
+                if int8 is None:
+                    from dsfd.export import export_onnx, quantize_int8
+
+                    fp32 = export_onnx(Path(tmp) / "fp32.onnx", args.weights or "default", outputs="raw")
+                    int8 = quantize_int8(fp32, Path(tmp) / "int8.onnx")
+                dets[path] = Detector(weights=str(int8), backend="onnxruntime")
+    det = dets[args.paths[0]]
+    for d in dets.values():
+        # Both detectors as users run them: filter at the drawing threshold before NMS (YuNet's score
+        # threshold; dsfd detect does the same with the model's own threshold, see dsfd.inference.cli).
+        d.postprocess = dataclasses.replace(d.postprocess, score_threshold=math.nextafter(d.display_score, 0.0))
 
     def run_yunet(img: np.ndarray) -> np.ndarray:
         _, faces = yunet.detect(img)
         return np.zeros((0, 15), np.float32) if faces is None else faces
 
-    def run_dsfd(img: np.ndarray) -> np.ndarray:
-        return det.detect(img)
-
+    runners = [("yunet", run_yunet)] + [(f"dsfd {k}" if len(dets) > 1 else "dsfd", d.detect) for k, d in dets.items()]
+    thresholds = {"yunet": YUNET_SCORE, **{name: d.display_score for (name, _), d in zip(runners[1:], dets.values())}}
     for img in images[: args.warmup]:
-        run_yunet(img)
-        run_dsfd(img)
-    times: Dict[str, List[float]] = {"yunet": [], "dsfd": []}
-    faces: Dict[str, List[int]] = {"yunet": [], "dsfd": []}
+        for _, fn in runners:
+            fn(img)
+    times: Dict[str, List[float]] = {name: [] for name, _ in runners}
+    faces: Dict[str, List[int]] = {name: [] for name, _ in runners}
     for _ in range(args.rounds):
         for img in images:
-            for name, fn in (("yunet", run_yunet), ("dsfd", run_dsfd)):
+            for name, fn in runners:
                 t0 = time.perf_counter()
                 out = fn(img)
                 times[name].append(time.perf_counter() - t0)
                 score = out[:, -1] if name == "yunet" else out[:, 4]
-                faces[name].append(int((score >= (YUNET_SCORE if name == "yunet" else det.display_score)).sum()))
+                faces[name].append(int((score >= thresholds[name]).sum()))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    first = runners[1][0]
     cfg = getattr(det.model, "config", {})
     params = sum(p.numel() for p in det.model.parameters())
     return {
@@ -97,16 +119,36 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                    "dsfd_postprocess": det.postprocess.as_dict(),
                    "dsfd_weights": det.weights or "random", "dsfd_model": cfg, "dsfd_parameters": params,
                    "dsfd_dtype": str(det.dtype).replace("torch.", ""), "dsfd_channels_last": det.channels_last,
-                   "dsfd_detector": repr(det)},
-        "hardware": hardware_info("cpu"),
+                   "dsfd_detector": repr(det), "dsfd_paths": {k: repr(d) for k, d in dets.items()}},
+        "hardware": {**hardware_info("cpu"), **_cpu_flags(), "onnxruntime": _ort_version()},
         "results": {
             "yunet_ms": round(med["yunet"], 2),
-            "dsfd_ms": round(med["dsfd"], 2),
-            "dsfd_over_yunet": round(med["dsfd"] / med["yunet"], 3),
+            "dsfd_ms": round(med[first], 2),
+            "dsfd_over_yunet": round(med[first] / med["yunet"], 3),
+            "paths": {k: {"ms": round(med[name], 2), "over_yunet": round(med[name] / med["yunet"], 3),
+                          "precision": d.precision, "backend": d.backend}
+                      for (name, _), (k, d) in zip(runners[1:], dets.items())},
             "faces_drawn_per_photo": {k: round(float(np.mean(v)), 2) for k, v in faces.items()},
             "times_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},
         },
     }
+
+
+def _cpu_flags() -> Dict[str, Any]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {"cpu_vnni": "avx512_vnni" in flags or "avx_vnni" in flags, "cpu_amx_int8": "amx_int8" in flags}
+
+
+def _ort_version() -> Optional[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -116,7 +158,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="passes over the photos (default 3)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up photos per detector")
     p.add_argument("--weights", default=None, help="dsfd weights (default: the packaged default model)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="of the torch path")
+    p.add_argument("--paths", nargs="+", choices=["torch", "ort-fp32", "ort-int8"], default=["torch"],
+                   help="dsfd paths timed beside YuNet, in alternation (default: torch)")
+    p.add_argument("--int8-file", default=None,
+                   help="int8 .onnx for ort-int8 (default: built with dsfd export --int8's defaults before timing)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/yunet_compare_<host>.json)")
     args = p.parse_args(argv)
     result = run(args)
@@ -124,8 +170,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{c['resolution'][0]}x{c['resolution'][1]}, {c['photos']} photos x {c['rounds']}, "
           f"{result['hardware']['cpu']} ({result['hardware']['cpu_count']} cores)")
     print(f"  YuNet                        {r['yunet_ms']:8.1f} ms/photo")
-    print(f"  dsfd default ({c['dsfd_dtype']:8s})     {r['dsfd_ms']:8.1f} ms/photo   "
-          f"({r['dsfd_over_yunet']:.2f}x YuNet's time)")
+    for k, v in r["paths"].items():
+        label = f"dsfd {k} ({v['precision']})"
+        print(f"  {label:28s} {v['ms']:8.1f} ms/photo   ({v['over_yunet']:.2f}x YuNet's time)")
     print(f"  faces drawn per photo (YuNet >= {YUNET_SCORE}, dsfd >= its display_score "
           f"{c['dsfd_display_score']:.2f}): {r['faces_drawn_per_photo']}")
     write_result(result, args.out, "yunet_compare_cpu")
