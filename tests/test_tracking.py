@@ -132,3 +132,12 @@ def test_video_face_never_flashes_through(tmp_path, hold_s, leaks):
 
     lines = [json.loads(x) for x in (tmp_path / "out" / "walk.jsonl").read_text().splitlines()]
     assert [len(x["detections"]) for x in lines] == [0 if t % 3 == 2 else 1 for t in range(15)]
+
+
+def test_a_one_frame_detection_is_not_held():
+    """A box seen in one frame only (most often a false positive) is not held; from the second detection it is."""
+    seq = [_face(0, vx=0)[None] if t == 2 else np.zeros((0, 5), np.float32) for t in range(8)]
+    assert [len(b) for _, b in _run(FaceHold(fps=10, hold_s=0.3), seq)] == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert [len(b) for _, b in _run(FaceHold(fps=10, hold_s=0.3, min_hits=1), seq)] == [0, 0, 1, 1, 1, 1, 0, 0]
+    seq[3] = seq[2]
+    assert [len(b) for _, b in _run(FaceHold(fps=10, hold_s=0.3), seq)] == [0, 0, 1, 1, 1, 1, 1, 0]

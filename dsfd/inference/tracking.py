@@ -34,12 +34,14 @@ from typing import Any, Deque, Iterator, List, Tuple
 
 import numpy as np
 
-__all__ = ["HOLD_SECONDS", "TRACK_IOU", "FaceHold", "box_iou"]
+__all__ = ["HOLD_SECONDS", "MIN_HITS", "TRACK_IOU", "FaceHold", "box_iou"]
 
 #: How long a face stays hidden after the detector last saw it, and the longest gap interpolated (seconds).
 HOLD_SECONDS: float = 0.5
 #: A detection continues a track when its box overlaps the track's last box at least this much.
 TRACK_IOU: float = 0.25
+#: A face's last box is held only once it was detected in this many frames (a one-frame false positive is not).
+MIN_HITS: int = 2
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,6 +60,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Track:
     frames: List[int] = field(default_factory=list)  # frames where it was detected, ascending
     boxes: List[np.ndarray] = field(default_factory=list)  # its [5] detection in each
+    hits: int = 1  # detections so far (frames/boxes forget old ones)
 
     @property
     def last(self) -> int:
@@ -74,15 +77,18 @@ class FaceHold:
             both off (frames pass straight through).
         iou: IoU from which a detection continues a track.
         min_score: detections below are not faces (not tracked, not hidden).
+        min_hits: detections of a face before its last box is held (interpolation
+            between two detections needs no more).
     """
 
-    def __init__(self, fps: float, hold_s: float = HOLD_SECONDS, iou: float = TRACK_IOU, min_score: float = 0.0) -> None:
+    def __init__(self, fps: float, hold_s: float = HOLD_SECONDS, iou: float = TRACK_IOU, min_score: float = 0.0,
+                 min_hits: int = MIN_HITS) -> None:
         if hold_s < 0:
             raise ValueError(f"hold_s must be >= 0, got {hold_s}")
         fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else 25.0
         self.hold = int(round(hold_s * fps))
         self.lookahead = self.hold
-        self.iou, self.min_score = float(iou), float(min_score)
+        self.iou, self.min_score, self.min_hits = float(iou), float(min_score), int(min_hits)
         self._buffer: Deque[Tuple[int, Any, np.ndarray]] = deque()
         self._tracks: List[_Track] = []
         self._t = 0
@@ -125,6 +131,7 @@ class FaceHold:
                 taken_t.add(j)
                 live[j].frames.append(t)
                 live[j].boxes.append(d[i].copy())
+                live[j].hits += 1
         for i in range(len(d)):
             if i not in taken_d:
                 self._tracks.append(_Track([t], [d[i].copy()]))
@@ -157,7 +164,7 @@ class FaceHold:
                 box = (1 - w) * box_a + w * box_b
                 box[4] = min(box_a[4], box_b[4])
                 extra.append(box)
-            elif f - a <= self.hold:  # not seen again (yet): hold its last box
+            elif f - a <= self.hold and tr.hits >= self.min_hits:  # not seen again (yet): hold its last box
                 extra.append(box_a)
         if extra:
             d = np.concatenate([d, np.stack(extra).astype(np.float32)], 0)
