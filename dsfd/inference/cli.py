@@ -246,9 +246,11 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
     display = detector.display_score
     if args.anonymize:  # hiding: the model's recall-first threshold (its display_score for weights without one)
         display = getattr(detector, "hide_score", None) or display
+    own_hide = getattr(getattr(detector, "model", None), "hide_score", None) is not None
     threshold_source = ("--min-score" if args.min_score is not None else
-                        "hide_score (the model's hiding threshold)" if args.anonymize else
-                        "display_score (the model's drawing threshold)")
+                        "hide_score (the model's hiding threshold)" if args.anonymize and own_hide else
+                        "display_score (these weights store no hiding threshold; their drawing threshold)"
+                        if args.anonymize else "display_score (the model's drawing threshold)")
     fmt_default = 0.0 if args.format == "wider" else display
     opts = RunOptions(
         out=args.out, format=args.format, draw=not args.no_draw,
