@@ -10,7 +10,9 @@ turns a *weights spec* into a local file:
    ``"default"`` is the packaged model (``dsfd/weights/default.pth``), the
    others live in the cache and are downloaded on first use;
 3. an ``http(s)://`` or ``file://`` URL is downloaded into the cache under
-   the URL's file name.
+   the URL's file name with 8 hex digits of the URL's SHA-256 added
+   (``model-1a2b3c4d.pth``), so that two URLs ending in the same name never
+   share a cache file.
 
 The cache is torch's hub cache, ``<torch.hub.get_dir()>/checkpoints``
 (``$TORCH_HOME/hub/checkpoints``, by default
@@ -22,7 +24,12 @@ Downloads show a progress bar, go to a temporary file in the cache folder
 that is renamed into place only once complete and checked (so an
 interrupted download never leaves a half file under the final name), and
 check the byte count against ``Content-Length`` and, where the table knows
-them, the size and SHA-256. The loader then loads strictly (every key and
+them, the size and SHA-256. A file already in place is checked against the
+table's size and SHA-256 too; its digest is remembered in a small sidecar
+file (``<file>.sha256``, with the size and modification time it was
+computed for), so the hash is computed once per file and again only when
+its size or time changes, not on every load. The packaged default model's
+size and digest come from ``dsfd/weights/default.json``, written with it. The loader then loads strictly (every key and
 shape), forcing the network the name stands for. The URL of a name can be
 overridden with the environment variable ``DSFD_WEIGHTS_URL_<NAME>``
 (upper case, non-alphanumerics as ``_``, e.g.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import tempfile
@@ -60,6 +68,8 @@ __all__ = [
     "resolve_weights",
     "download",
     "file_sha256",
+    "cached_sha256",
+    "url_cache_name",
     "is_url",
 ]
 
@@ -126,10 +136,23 @@ def register_weights(info: WeightsInfo, aliases: tuple = ()) -> WeightsInfo:
     return info
 
 
+def _packaged_record() -> Dict[str, object]:
+    """``dsfd/weights/default.json`` (size and digest of the packaged file), or ``{}``."""
+    try:
+        with open(Path(__file__).resolve().parent / "weights" / "default.json", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+_DEFAULT_RECORD = _packaged_record()
+
 register_weights(
     WeightsInfo(
         name="default",
         filename="default.pth",
+        size=_DEFAULT_RECORD.get("bytes"),  # type: ignore[arg-type]
+        sha256=_DEFAULT_RECORD.get("sha256"),  # type: ignore[arg-type]
         description=(
             "the packaged default model: paper DSFD, mobilenet0.25 backbone started from RetinaFace's body, "
             "1.13 M parameters (WIDER val AP 0.817 / 0.781 / 0.549, see docs/models.md)"
@@ -146,6 +169,8 @@ register_weights(
         url="https://folk.ntnu.no/haakohu/WIDERFace_DSFD_RES152.pth",
         network="released",
         backbone="resnet152",
+        # size / sha256 unknown: no copy of the file can be reached from this project's machines to measure;
+        # the strict load (every key and shape of the released network) is the check until then
         description="the authors' released single-shot DSFD, ResNet152 (WIDERFace_DSFD_RES152.pth, about 459 MB)",
         manual=f"the authors' download links in the README of {AUTHORS_PAGE}",
     ),
@@ -198,13 +223,41 @@ def _human(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def cached_sha256(path: PathLike) -> str:
+    """``file_sha256(path)``, remembered in ``<path>.sha256`` for the file's size and modification time.
+
+    The sidecar is read when its size and ``mtime_ns`` match the file's and
+    rewritten otherwise (silently skipped where the folder is read-only).
+    """
+    path = Path(path)
+    st = path.stat()
+    side = _sidecar(path)
+    try:
+        rec = json.loads(side.read_text(encoding="utf-8"))
+        if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and len(rec.get("sha256", "")) == 64:
+            return str(rec["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = file_sha256(path)
+    try:
+        side.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}),
+                        encoding="utf-8")
+    except OSError:
+        pass
+    return digest
+
+
 def _check_file(path: Path, size: Optional[int], sha256: Optional[str], what: str) -> None:
     if size is not None and path.stat().st_size != size:
         raise WeightsDownloadError(
             f"{what}: {path} has {path.stat().st_size} bytes, expected {size}; delete it to download it again"
         )
     if sha256 is not None:
-        digest = file_sha256(path)
+        digest = cached_sha256(path)
         if digest != sha256.lower():
             raise WeightsDownloadError(
                 f"{what}: {path} has SHA-256 {digest}, expected {sha256.lower()}; delete it to download it again"
@@ -288,10 +341,24 @@ def download(
                 f"(corrupt or a different file){tail}"
             )
         os.replace(tmp, dest)
+        st = dest.stat()
+        try:  # the digest just computed, for cached_sha256
+            _sidecar(dest).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                  "sha256": digest.hexdigest()}), encoding="utf-8")
+        except OSError:
+            pass
         return dest
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def url_cache_name(url: str) -> str:
+    """The cache file name of a URL: its file name with 8 hex digits of the URL's SHA-256 before the suffix."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    tag = hashlib.sha256(url.encode("utf-8")).hexdigest()[:8]
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}-{tag}.{suffix}" if dot and stem else f"{name}-{tag}"
 
 
 def _manual_hint(info: Optional[WeightsInfo], dest: Path, url: Optional[str]) -> str:
@@ -332,7 +399,7 @@ def resolve_weights(
     if info is not None:
         dest = cached_path(info)
         if dest.is_file():
-            _check_file(dest, info.size, None, f"weights {info.name!r}")
+            _check_file(dest, info.size, info.sha256, f"weights {info.name!r}")
             return ResolvedWeights(dest, info)
         if info.packaged:
             raise FileNotFoundError(f"the packaged weights {info.name!r} are missing from this install ({dest})")
@@ -348,7 +415,7 @@ def resolve_weights(
         name = Path(urllib.parse.urlparse(spec).path).name
         if not name:
             raise ValueError(f"cannot name a cache file after the URL {spec!r} (no file name in its path)")
-        dest = cache_dir() / name
+        dest = cache_dir() / url_cache_name(spec)
         if not dest.is_file():
             download(spec, dest, progress=progress, timeout=timeout, hint=_manual_hint(None, dest, spec))
         return ResolvedWeights(dest, None)

@@ -186,6 +186,7 @@ def _update(args: argparse.Namespace) -> int:
         record = json.loads(record_path.read_text())
         record["config"] = config
         record["bytes"] = path.stat().st_size
+        record["sha256"] = file_sha256(path)  # dsfd.hub checks the packaged file against these two
         if drawing is not None:
             record["drawing"] = drawing
         if hiding is not None:
@@ -255,6 +256,7 @@ def main() -> int:
     record = {
         "file": out.name,
         "bytes": out.stat().st_size,
+        "sha256": file_sha256(out),  # dsfd.hub checks the packaged file against size and digest
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": "float16" if args.fp16 else "float32",
         "config": config,

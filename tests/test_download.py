@@ -149,7 +149,8 @@ def test_named_weights_download_once_then_load_strictly(server, cache, monkeypat
     assert _Handler.hits == ["/paper_tiny.pth"]
     load_weights("test-tiny")  # from the cache, no second request
     assert _Handler.hits == ["/paper_tiny.pth"]
-    assert _leftovers(cache) == ["test_tiny.pth"]  # no temporary files left
+    # no temporary files left; the digest is remembered beside the file
+    assert _leftovers(cache) == ["test_tiny.pth", "test_tiny.pth.sha256"]
 
 
 def test_detector_and_detect_cli_take_a_name(server, cache, monkeypatch, tmp_path):
@@ -177,7 +178,9 @@ def test_eval_cli_loads_a_name(server, monkeypatch):
 def test_a_url_is_downloaded_into_the_cache(server, cache):
     model = load_weights(server + "/released_tiny.pth")
     assert type(model).__name__ == "ReleasedDSFD"
-    assert (cache / "released_tiny.pth").read_bytes() == RELEASED_BYTES
+    name = hub.url_cache_name(server + "/released_tiny.pth")
+    assert name.startswith("released_tiny-") and name.endswith(".pth")
+    assert (cache / name).read_bytes() == RELEASED_BYTES
 
 
 def test_file_url(cache, tmp_path):
@@ -185,7 +188,7 @@ def test_file_url(cache, tmp_path):
     src.parent.mkdir()
     src.write_bytes(PAPER_BYTES)
     model = load_weights(src.as_uri())
-    assert model.config["network"] == "paper" and (cache / "mine.pth").is_file()
+    assert model.config["network"] == "paper" and (cache / hub.url_cache_name(src.as_uri())).is_file()
 
 
 def test_environment_variable_overrides_the_url(server, cache, monkeypatch):
@@ -276,3 +279,46 @@ def test_detect_cli_reports_a_failed_download(cache, monkeypatch, tmp_path, caps
     assert code == 2
     err = capsys.readouterr().err
     assert "could not download" in err and "WIDERFace_DSFD_RES152.pth" in err
+
+
+# --------------------------------------------------------------------------- integrity of files in place
+def test_two_urls_with_one_file_name_get_two_cache_files(server, cache, tmp_path):
+    a = tmp_path / "a" / "model.pth"
+    b = tmp_path / "b" / "model.pth"
+    for p, data in ((a, PAPER_BYTES), (b, RELEASED_BYTES)):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    assert type(load_weights(a.as_uri())).__name__ == "DSFD"
+    assert type(load_weights(b.as_uri())).__name__ == "ReleasedDSFD"  # not the first file from the cache
+    assert hub.url_cache_name(a.as_uri()) != hub.url_cache_name(b.as_uri())
+    assert hub.url_cache_name("http://x/y/model") == "model-" + hashlib.sha256(b"http://x/y/model").hexdigest()[:8]
+
+
+def test_a_corrupted_cache_file_of_the_right_size_is_rejected(server, cache, monkeypatch):
+    digest = hashlib.sha256(PAPER_BYTES).hexdigest()
+    _register(monkeypatch, url=server + "/paper_tiny.pth", size=len(PAPER_BYTES), sha256=digest)
+    load_weights("test-tiny")  # downloaded and checked
+    path = cache / "test_tiny.pth"
+    calls = []
+    real = hub.file_sha256
+    monkeypatch.setattr(hub, "file_sha256", lambda p: calls.append(p) or real(p))
+    load_weights("test-tiny")
+    load_weights("test-tiny")
+    assert len(calls) <= 1  # the digest is remembered for the file's size and time
+    data = bytearray(PAPER_BYTES)
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))  # a new modification time
+    with pytest.raises(WeightsDownloadError, match="SHA-256"):
+        load_weights("test-tiny")
+
+
+def test_the_packaged_default_is_checked_against_its_record():
+    import json
+
+    info = hub.weights_info("default")
+    record = json.loads((REPO / "dsfd" / "weights" / "default.json").read_text())
+    path = REPO / "dsfd" / "weights" / "default.pth"
+    assert info.size == record["bytes"] == path.stat().st_size
+    assert info.sha256 == record["sha256"] == hub.file_sha256(path)
+    assert hub.resolve_weights("default").path == path
