@@ -627,3 +627,21 @@ def test_cuda_matches_cpu_and_graphs_match_eager(tiny_model, photos_or_synthetic
         for im, d, f in zip(imgs, half.detect_batch(imgs), full):
             _check_dets(d, *im.shape[:2])
             _assert_top_boxes_agree(f, d)
+
+
+def test_detector_never_changes_the_callers_network():
+    """Issue #33: evaluating during training must not stop the training (mode, gradients, weights, dtype)."""
+    from dsfd.models import build_model
+
+    net = build_model("paper", "tiny", fem_norm=True).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for dtype in (torch.float32, torch.bfloat16):
+        for fold in (True, False):
+            det = Detector(model=net, dtype=dtype, device="cpu", fold_batchnorm=fold)
+            det.detect(np.full((64, 80, 3), 100, np.uint8), min_score=None)
+            assert det.model is not net and not det.model.training
+    assert net.training and all(m.training for m in net.modules())
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in net.parameters())
+    assert net.fem.has_norm  # its FEM BatchNorms are not folded away
+    after = net.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

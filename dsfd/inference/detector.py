@@ -122,7 +122,8 @@ class Detector:
         accuracy_mode: default of ``detect(..., accuracy_mode=...)`` and of
             ``__call__``: the released multi-scale + flip WIDER protocol.
         model: an already built DSFD model to use instead of ``weights``
-            (with ``fold_batchnorm`` the detector works on a copy of it).
+            (the detector works on its own copy: the caller's network keeps
+            its mode, gradients, BatchNorms and precision).
         fold_batchnorm: fold every BatchNorm into the convolution before it
             (:func:`dsfd.models.fusion.fold_batchnorm`; exact up to float
             rounding, one pass over each activation less). Default on.
@@ -225,18 +226,10 @@ class Detector:
         if fold_batchnorm:
             from ..models.fusion import fold_batchnorm as fold
 
-            if model is not None:  # the caller's network keeps its BatchNorms (it may train on)
-                import copy
-
-                self.model = copy.deepcopy(self.model)
             if hasattr(self.model, "fold_fem_norm"):
                 self.model.fold_fem_norm()  # a --fem-norm training checkpoint's FEM BatchNorms (no-op otherwise)
             self.folded_batchnorms = fold(self.model)
         if self.dtype in (torch.bfloat16, torch.float16) and self._ort is None:
-            if model is not None and not fold_batchnorm:
-                import copy
-
-                self.model = copy.deepcopy(self.model)
             # autocast would cast every conv weight again on every call (its weight cache only keeps
             # tensors that require grad): store them in the autocast precision once - same numbers
             for m in self.model.modules():
@@ -321,7 +314,11 @@ class Detector:
         if model is not None:
             if weights is not None:
                 raise ValueError("pass either weights or model, not both")
-            return model
+            import copy
+
+            # the detector's own copy: eval mode, no gradients, folding and casting never reach the
+            # caller's network (which may be training on)
+            return copy.deepcopy(model)
         if weights is not None:
             self.weights = os.fspath(weights)
             return load_weights(weights, map_location="cpu", network=network, backbone=backbone)
