@@ -31,7 +31,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -93,11 +92,9 @@ def dsfd_cmd(*args: str) -> List[str]:
     return [sys.executable, "-m", "dsfd", *args]
 
 
-def run(cmd: List[str]) -> float:
+def run(cmd: List[str]) -> None:
     print("$ " + " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd), flush=True)
-    t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return round(time.perf_counter() - t0, 1)
 
 
 def drawn(pred_dir: Path, threshold: float, setting: str = "medium") -> Dict[str, Any]:
@@ -131,25 +128,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     sha = weights_sha256(args.weights)
     for name in args.paths:
         commands: List[str] = []
-        seconds = 0.0
         weights = args.weights
         backend = "onnxruntime" if name.startswith("ort") else "torch"
         extra: List[str] = []
         if name == "ort-int8":
             weights = str(work / "dsfd_int8.onnx")
             cmd = dsfd_cmd("export", weights, "--int8", "--weights", args.weights)
-            seconds += run(cmd)
+            run(cmd)
             commands.append(" ".join(["dsfd", *cmd[3:]]))
         elif name.startswith("torch"):
             extra = ["--dtype", "float32" if name == "torch-fp32" else "bfloat16"]
         cmd = dsfd_cmd("eval", "--weights", weights, "--backend", backend, *extra, "--data", data,
                        "--out", str(work / name), "--quiet", "--no-plots")
-        seconds += run(cmd)
+        run(cmd)
         commands.append(" ".join(["dsfd", *cmd[3:]]))
         ap = json.loads((work / name / "ap.json").read_text())["ap"]
         rows[name] = {"ap": {k: round(float(v), 4) for k, v in ap.items()},
                       "drawn": drawn(work / name / "predictions", display), "display_score": display,
-                      "weights": args.weights, "weights_sha256": sha, "commands": commands, "seconds": seconds,
+                      "weights": args.weights, "weights_sha256": sha, "commands": commands,
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         r = rows[name]
         print(f"{name:11s} AP {r['ap']['easy']:.4f} / {r['ap']['medium']:.4f} / {r['ap']['hard']:.4f}   drawn "
