@@ -203,3 +203,14 @@ def test_without_pyav_opencv_writes_and_warns(tmp_path, monkeypatch):
     res = _run(tmp_path, src, codec="mp4v")
     b = probe(res)
     assert b["video_codec"] == "mpeg4" and "audio" not in b["streams"] and b["frames"] == 10
+
+
+def test_late_video_start_stays_in_sync_with_the_sound(tmp_path):
+    """Video starting 0.5 s after the sound (as cut clips do): both keep their own times."""
+    times = [500 + 40 * i for i in range(15)]
+    src = make_clip(tmp_path / "late.mp4", frames=15, times_ms=times)
+    a, b = probe(src), probe(_run(tmp_path, src))
+    assert a["times"][0] == pytest.approx(0.5, abs=1e-3)
+    assert b["times"] == pytest.approx(a["times"], abs=1e-3)
+    assert b["audio_first_pts"] == pytest.approx(a["audio_first_pts"], abs=1e-3)
+    assert b["audio_bytes"] == a["audio_bytes"]

@@ -135,19 +135,30 @@ class H264Writer:
             self.audio_in = None
             return
         a = self.audio_in.streams.audio[0]
+        self.copy_audio = False
         if a.codec_context.name in AUDIO_COPY_CODECS:
-            self.audio_out = self.out.add_stream_from_template(a)
-            self.copy_audio = True
-            self.audio_packets = (p for p in self.audio_in.demux(a) if p.dts is not None and p.size > 0)
-        else:
-            self.audio_out = self.out.add_stream("aac", rate=a.rate or 48000)
-            if a.layout is not None:
-                try:
-                    self.audio_out.layout = a.layout.name
-                except Exception:  # noqa: BLE001
-                    pass
-            self.copy_audio = False
-            self.audio_packets = self._encoded_audio(a)
+            try:
+                self.audio_out = self.out.add_stream_from_template(a)
+                self.copy_audio = True
+                self.audio_packets = (p for p in self.audio_in.demux(a) if p.dts is not None and p.size > 0)
+            except Exception:  # noqa: BLE001 - re-encoded below
+                self.audio_out = None
+        if not self.copy_audio:
+            try:
+                self.audio_out = self.out.add_stream("aac", rate=a.rate or 48000)
+                if a.layout is not None:
+                    try:
+                        self.audio_out.layout = a.layout.name
+                    except Exception:  # noqa: BLE001 - the encoder's default layout
+                        pass
+                self.audio_packets = self._encoded_audio(a)
+            except Exception as e:  # noqa: BLE001 - the video is still written, without its sound
+                warnings.warn(f"{source}: the audio track ({a.codec_context.name}) could not be kept: {e}",
+                              stacklevel=2)
+                self.audio_out = self.audio_packets = None
+                self.audio_in.close()
+                self.audio_in = None
+                return
         for key in list(self.audio_out.metadata):  # no tag of the source (language is harmless, but none is kept)
             del self.audio_out.metadata[key]
 
@@ -179,8 +190,10 @@ class H264Writer:
 
     # ------------------------------------------------------------------ video
     def _pts(self, i: int) -> int:
+        # the source's own presentation times (not shifted to 0): the copied audio keeps its own, so the two
+        # stay in sync whatever the source's start times are
         if i < len(self.times):
-            pts = self.times[i] - (self.times[0] if self.times else 0)
+            pts = self.times[i]
         else:  # more frames decoded than packets listed (or no list): one frame duration after the last
             step = max(1, round(1 / (float(self.rate) * float(self.time_base))))
             pts = (self.last_pts + step) if self.last_pts is not None else 0
@@ -205,8 +218,7 @@ class H264Writer:
         for packet in self.video.encode(frame):
             self.out.mux(packet)
         self.n += 1
-        start = (self.times[0] * self.time_base) if self.times else 0
-        self._mux_audio_until(float(pts * self.time_base + start) + 0.5)
+        self._mux_audio_until(float(pts * self.time_base) + 0.5)
 
     def close(self) -> None:
         """Flush the encoder, the rest of the audio, and the file."""
