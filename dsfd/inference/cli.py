@@ -23,7 +23,8 @@ by ``--format``: ``<name>.json`` (``{"image", "width", "height",
 prediction file ``<name>.txt`` (``wider``), one line of the merged
 ``detections.jsonl`` (``jsonl``) or an entry of ``coco_results.json`` /
 ``coco_images.json`` (``coco``, for pycocotools and FiftyOne). Per video:
-``<name>.mp4`` annotated or anonymised (same frame rate and size) and ``<name>.jsonl``, one JSON line per frame.
+``<name>.mp4`` annotated or anonymised (H.264 with the source's sound, frames, frame times and size, through
+PyAV; see :mod:`dsfd.inference.video`) and ``<name>.jsonl``, one JSON line per frame.
 ``summary.json`` lists what was processed (per rank and in all) and every
 skipped input with the reason; the exit code is 0 when nothing was skipped,
 1 otherwise, 2 for usage errors, 3 when the disk filled up (one line names
