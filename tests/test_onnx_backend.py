@@ -115,13 +115,14 @@ def test_backends_agree_on_padded_batches_and_accuracy_mode(tiny):
 def test_onnx_file_as_weights(tiny, tmp_path):
     from dsfd.export import export_onnx
 
-    tiny.display_score = 0.37
+    tiny.display_score, tiny.hide_score = 0.37, 0.21
     try:
         path = export_onnx(tmp_path / "tiny_raw.onnx", model=tiny, outputs="raw", sample_size=(64, 64))
     finally:
-        del tiny.display_score
+        del tiny.display_score, tiny.hide_score
     from_file = Detector(backend="onnxruntime", weights=str(path))
     assert from_file.display_score == pytest.approx(0.37)  # from the file's metadata
+    assert from_file.hide_score == pytest.approx(0.21)
     assert from_file.model.config["backbone"] == "tiny" and from_file.weights == str(path)
     assert "backend=onnxruntime" in repr(from_file)
     img = cv2.resize(cv2.imread(str(ASSET)), (144, 176))

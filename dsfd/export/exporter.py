@@ -410,6 +410,8 @@ def export_onnx(
         display_score = getattr(net, "display_score", None)
     if display_score is not None:
         meta["dsfd_display_score"] = json.dumps(float(display_score))
+    if getattr(net, "hide_score", None) is not None:  # the anonymisation threshold, stored with the weights
+        meta["dsfd_hide_score"] = json.dumps(float(net.hide_score))
     _finish(out, meta, check)
     return out
 

@@ -293,6 +293,8 @@ class Detector:
             described = meta_skeleton(self._ort.config)
             if self._ort.display_score is not None:
                 described.display_score = float(self._ort.display_score)
+            if self._ort.hide_score is not None:
+                described.hide_score = float(self._ort.hide_score)
             self._shapes = described
             return described
         built = self._build_model(weights, network, backbone, model)

@@ -114,6 +114,7 @@ class OrtNetwork:
     Attributes:
         config: the network config from the file's metadata (``{}`` when absent).
         display_score: the model's drawing threshold from the metadata, or ``None``.
+        hide_score: its anonymisation threshold from the metadata, or ``None``.
         quantization: the int8 recipe from the metadata (``None`` for fp32).
         input_format: ``"uint8"`` (``[B, H, W, 3]``) or ``"float"`` (``[B, 3, H, W]``).
     """
@@ -138,6 +139,7 @@ class OrtNetwork:
         meta = self._metadata()
         self.config: Dict[str, Any] = meta.get("config") or {}
         self.display_score: Optional[float] = meta.get("display_score")
+        self.hide_score: Optional[float] = meta.get("hide_score")
         self.quantization: Optional[Dict[str, Any]] = meta.get("quantization")
         inputs = self.session.get_inputs()
         outputs = [o.name for o in self.session.get_outputs()]
