@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 dets[path] = Detector(weights=str(int8), backend="onnxruntime")
     det = dets[args.paths[0]]
     for d in dets.values():
+        if d.backend == "onnxruntime" and args.ort_spinning != "default":
+            d._ort = d._ort.rebuilt(spinning=args.ort_spinning == "on")
         # Both detectors as users run them: filter at the drawing threshold before NMS (YuNet's score
         # threshold; dsfd detect does the same with the model's own threshold, see dsfd.inference.cli).
         d.postprocess = dataclasses.replace(d.postprocess, score_threshold=math.nextafter(d.display_score, 0.0))
@@ -126,7 +128,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             "dsfd_ms": round(med[first], 2),
             "dsfd_over_yunet": round(med[first] / med["yunet"], 3),
             "paths": {k: {"ms": round(med[name], 2), "over_yunet": round(med[name] / med["yunet"], 3),
-                          "precision": d.precision, "backend": d.backend}
+                          "precision": d.precision, "backend": d.backend,
+                          "ort_spinning": None if d._ort is None else d._ort.spinning}
                       for (name, _), (k, d) in zip(runners[1:], dets.items())},
             "faces_drawn_per_photo": {k: round(float(np.mean(v)), 2) for k, v in faces.items()},
             "times_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},
@@ -161,6 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="of the torch path")
     p.add_argument("--paths", nargs="+", choices=["torch", "ort-fp32", "ort-int8"], default=["torch"],
                    help="dsfd paths timed beside YuNet, in alternation (default: torch)")
+    p.add_argument("--ort-spinning", choices=["default", "on", "off"], default="default",
+                   help="ONNX Runtime's idle intra-op threads spin-wait (on, its default) or sleep (off)")
     p.add_argument("--int8-file", default=None,
                    help="int8 .onnx for ort-int8 (default: built with dsfd export --int8's defaults before timing)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/yunet_compare_<host>.json)")

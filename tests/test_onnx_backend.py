@@ -160,9 +160,15 @@ def test_threads_follow_torch(tiny):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert Detector(model=tiny, backend="onnxruntime")._ort.threads == 1
+        det = Detector(model=tiny, backend="onnxruntime")
+        assert det._ort.threads == 1
     finally:
         torch.set_num_threads(before)
+    img = cv2.resize(cv2.imread(str(ASSET)), (96, 112))
+    ref = det.detect(img, min_score=None)
+    det._ort = det._ort.rebuilt(threads=2, spinning=False)  # the same graph, other session options
+    assert det._ort.threads == 2 and det._ort.spinning is False
+    _same_boxes(ref, det.detect(img, min_score=None))
 
 
 # --------------------------------------------------------------------------- int8

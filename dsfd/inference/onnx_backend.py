@@ -110,6 +110,10 @@ class OrtNetwork:
     Args:
         source: an ``.onnx`` path or the graph's bytes (:func:`export_raw_bytes`).
         threads: intra-op threads (default ``torch.get_num_threads()``).
+        spinning: whether idle intra-op threads spin-wait (``None``: ONNX
+            Runtime's default, on). Off frees the cores sooner for the
+            PyTorch post-processing that follows each run, on answers the next
+            run sooner; ``benchmarks/yunet_compare.py --ort-spinning`` compares.
 
     Attributes:
         config: the network config from the file's metadata (``{}`` when absent).
@@ -119,10 +123,15 @@ class OrtNetwork:
         input_format: ``"uint8"`` (``[B, H, W, 3]``) or ``"float"`` (``[B, 3, H, W]``).
     """
 
-    def __init__(self, source: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None) -> None:
+    def __init__(self, source: Union[str, "os.PathLike[str]", bytes], threads: Optional[int] = None,
+                 spinning: Optional[bool] = None) -> None:
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        if spinning is not None:  # ONNX Runtime's default: worker threads spin a while after each run
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = spinning
+        self._source = source  # to rebuild the session with other options (rebuilt())
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -161,6 +170,10 @@ class OrtNetwork:
                 except ValueError:
                     out[k[5:]] = v
         return out
+
+    def rebuilt(self, threads: Optional[int] = None, spinning: Optional[bool] = None) -> "OrtNetwork":
+        """The same graph in a new session with other thread options."""
+        return OrtNetwork(self._source, threads=threads or self.threads, spinning=spinning)
 
     @property
     def precision(self) -> str:
