@@ -645,3 +645,14 @@ def test_detector_never_changes_the_callers_network():
     assert net.fem.has_norm  # its FEM BatchNorms are not folded away
     after = net.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padding_probe_runs_in_the_networks_precision(tiny_model, dtype):
+    """Issue #34: the probe a compiled network needs fed float32 zeros to weights already cast to bf16."""
+    det = Detector(model=tiny_model, device="cpu", dtype=dtype)
+    assert det._padding.feature_sizes(72, 88) is None
+    det._padding.probe(72, 88)  # what a compiled network triggers on a new size
+    sizes = det._padding.feature_sizes(72, 88)
+    assert sizes is not None and sizes[0] == (18, 22)  # stride 4
+    assert det._padding.cell_origins(72, 88, sum(h * w for h, w in sizes), compiled=True) is not None

@@ -245,10 +245,7 @@ class Detector:
         # the padding value: exactly zero after normalisation
         self._mean_u8 = np.array([round(v) for v in self.model.pixel_mean], dtype=np.uint8)
         if self._ort is None:
-            self._padding = PaddingMask(
-                self.model.inference_anchors, self.device,
-                lambda h, w: self.model(torch.zeros(1, 3, h, w, device=self.device)),
-            )
+            self._padding = PaddingMask(self.model.inference_anchors, self.device, self._probe_eager)
         else:  # the feature-map sizes from a weightless copy of the network on the meta device
             self._padding = PaddingMask(self._shapes.inference_anchors, self.device,
                                         lambda h, w: self._shapes(torch.zeros(1, 3, h, w, device="meta")))
@@ -301,6 +298,16 @@ class Detector:
         self._ort = OrtNetwork(export_raw_bytes(built))
         self._shapes = meta_skeleton(getattr(built, "config", {}))
         return built
+
+    def _probe_eager(self, height: int, width: int) -> None:
+        """One eager forward on a zero ``height x width`` input in the network's own precision (the padding
+        mask's feature sizes, when a compiled network saw a size first): zeros in float32 outside autocast
+        would meet weights already stored in bf16 / fp16."""
+        with torch.inference_mode():
+            x = torch.zeros(1, height, width, 3, dtype=torch.uint8, device=self.device)
+            x = self.network_input(x + torch.as_tensor(self._mean_u8, device=self.device))
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                self.model(x)
 
     @property
     def precision(self) -> str:
