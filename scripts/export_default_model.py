@@ -170,7 +170,9 @@ def _update(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = dict(ckpt.get("config") or {})
-    drawing = None  # the drawing threshold stays as exported unless --display-score says otherwise
+    # the drawing threshold stays as exported unless --display-score or --rechoose-display says otherwise
+    drawing = (_display_threshold(args.predictions, args.display_setting)
+               if args.predictions and args.rechoose_display and args.display_score is None else None)
     hiding = _hide_threshold(args.predictions, args.hide_max_cost) if args.predictions and args.hide_score is None else None
     if args.display_score is not None or drawing is not None:
         config["display_score"] = float(args.display_score if args.display_score is not None else drawing["threshold"])
@@ -215,6 +217,8 @@ def main() -> int:
     p.add_argument("--update", action="store_true",
                    help="CHECKPOINT is an exported file: re-choose its hiding threshold from --predictions (and "
                         "set --display-score if given) and store them in place")
+    p.add_argument("--rechoose-display", action="store_true",
+                   help="with --update: choose the drawing threshold anew from --predictions (--display-setting)")
     p.add_argument("--display-setting", default="hard", choices=["medium", "hard"],
                    help="whose faces the drawing threshold is chosen for (hard: all valid faces)")
     p.add_argument("--stage-log", action="append", default=[],
