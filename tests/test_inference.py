@@ -551,7 +551,7 @@ def test_cli_detect_folder_with_bad_files(tmp_path, photos_or_synthetic):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = cli_main(["detect", str(src), str(tmp_path / "missing.jpg"), "--out", str(out), "--backbone", "tiny",
-                         "--device", "cpu", "--batch-size", "3", "--quiet", "--min-score", "0.3"])
+                         "--random", "--device", "cpu", "--batch-size", "3", "--quiet", "--min-score", "0.3"])
     assert code == 1  # some inputs skipped
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 6 and summary["video_frames"] == 3 and summary["ignored_files"] == 1
@@ -574,8 +574,8 @@ def test_cli_wider_format(tmp_path, photos_or_synthetic):
     out = tmp_path / "preds"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = cli_main(["detect", str(tmp_path / "images"), "--out", str(out), "--backbone", "tiny", "--device",
-                         "cpu", "--format", "wider", "--no-draw", "--quiet"])
+        code = cli_main(["detect", str(tmp_path / "images"), "--out", str(out), "--backbone", "tiny", "--random",
+                         "--device", "cpu", "--format", "wider", "--no-draw", "--quiet"])
     assert code == 0
     lines = (out / "0--Parade" / "a.txt").read_text().splitlines()
     assert lines[0] == "0--Parade/a.jpg" and int(lines[1]) == len(lines) - 2
@@ -656,3 +656,34 @@ def test_padding_probe_runs_in_the_networks_precision(tiny_model, dtype):
     sizes = det._padding.feature_sizes(72, 88)
     assert sizes is not None and sizes[0] == (18, 22)  # stride 4
     assert det._padding.cell_origins(72, 88, sum(h * w for h, w in sizes), compiled=True) is not None
+
+
+def test_detect_cli_rejects_meaningless_arguments(tmp_path, capsys):
+    """Issue #33: an empty path, a random network nobody asked for, --max-size 0."""
+    from dsfd.cli import main as cli_main
+
+    img = tmp_path / "a.jpg"
+    cv2.imwrite(str(img), np.full((40, 50, 3), 100, np.uint8))
+    for argv, msg in ((["detect", ""], "empty path"),
+                      (["detect", str(img), "--weights", " "], "empty path"),
+                      (["detect", str(img), "--backbone", "resnet152"], "--random"),
+                      (["detect", str(img), "--max-size", "0"], "--max-size must be >= 32"),
+                      (["detect", str(img), "--random", "--weights", "default"], "exclude")):
+        assert cli_main(argv + ["--out", str(tmp_path / "o")]) == 2, argv
+        assert msg in capsys.readouterr().err, argv
+    assert not (tmp_path / "o").exists()
+
+
+def test_detect_never_reads_its_own_output(tmp_path):
+    from dsfd.inference.runner import collect_inputs
+
+    (tmp_path / "photos").mkdir()
+    cv2.imwrite(str(tmp_path / "photos" / "a.jpg"), np.full((40, 50, 3), 100, np.uint8))
+    out = tmp_path / "detections"
+    out.mkdir()
+    cv2.imwrite(str(out / "a.jpg"), np.full((40, 50, 3), 100, np.uint8))  # a previous run's annotated copy
+    items, skipped, _ = collect_inputs([tmp_path], exclude=out)
+    assert [i.path.name for i in items] == ["a.jpg"] and items[0].path.parent.name == "photos"
+    items, skipped, _ = collect_inputs([out], exclude=out)
+    assert items == [] and "--out" in skipped[0]["reason"]
+    assert len(collect_inputs([tmp_path])[0]) == 2  # without exclude both are found

@@ -120,8 +120,8 @@ def test_detect_cli_reports_the_choice(tmp_path, monkeypatch, capsys):
     out = tmp_path / "auto"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        main(["detect", str(img), "--backbone", "tiny", "--out", str(out)])
-        main(["detect", str(img), "--backbone", "tiny", "--dtype", "float32", "--out", str(tmp_path / "fp32")])
+        main(["detect", str(img), "--backbone", "tiny", "--random", "--out", str(out)])
+        main(["detect", str(img), "--backbone", "tiny", "--random", "--dtype", "float32", "--out", str(tmp_path / "fp32")])
     assert json.loads((out / "summary.json").read_text())["dtype"] == "bfloat16"
     assert json.loads((tmp_path / "fp32" / "summary.json").read_text())["dtype"] == "float32"
     printed = capsys.readouterr().out

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..constants import BACKBONES, DISPLAY_SCORE
+from ..models.default_model import RANDOM_BACKBONE
 from ..postprocess import PostProcessConfig
 from .anonymize import ANONYMIZE_METHODS, DEFAULT_MARGIN
 from .tracking import HOLD_SECONDS
@@ -76,9 +77,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     m.add_argument("--weights", help="weights name (default, released-resnet152; downloaded once into torch's "
                    "hub cache), checkpoint path or URL (default: the packaged default model)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (detected from --weights; "
-                   "default paper without weights)")
+                   "with --random default paper)")
     m.add_argument("--backbone", choices=list(BACKBONES),
-                   help="backbone (detected from --weights; default resnet50 without weights)")
+                   help=f"backbone (detected from --weights; with --random default {RANDOM_BACKBONE})")
+    m.add_argument("--random", action="store_true",
+                   help="run a randomly initialised --network / --backbone network (speed and smoke tests; its "
+                        "boxes mean nothing); without --weights or --random, --network / --backbone are an error")
     m.add_argument("--device", default=None, help="cuda, cpu or cuda:N (default: cuda when available)")
     m.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                    help="network precision (auto: bfloat16 on CUDA and on CPUs with bf16 in hardware, "
@@ -97,7 +101,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="multi-scale + flip test of the released WIDER protocol (~11 passes per image, slow)")
     d.add_argument("--batch-size", type=int, default=4,
                    help="images (or video frames) per forward pass, grouped by similar size (4)")
-    d.add_argument("--max-size", type=int, default=None, help="downscale images whose longer side exceeds this")
+    d.add_argument("--max-size", type=int, default=None,
+                   help="downscale images whose longer side exceeds this (default 4096; at least 32)")
     o = p.add_argument_group("output")
     o.add_argument("--format", choices=list(FORMATS), default="json",
                    help="json: <name>.json per image; wider: WIDER FACE .txt files; jsonl: one merged "
@@ -194,11 +199,22 @@ def run(args: argparse.Namespace) -> int:
         return _error("--anonymize-margin must be >= 0")
     if args.anonymize_hold < 0:
         return _error("--anonymize-hold must be >= 0")
+    if args.max_size is not None and args.max_size < 32:
+        return _error(f"--max-size must be >= 32 (the smallest input the network takes), got {args.max_size}")
+    empty = [p for p in args.paths if not str(p).strip()]
+    if empty or (args.weights is not None and not str(args.weights).strip()):
+        return _error("an empty path was given" + (" as --weights" if not empty else "")
+                      + " (an empty PATH would scan the current folder)")
+    if args.weights is None and (args.network or args.backbone) and not args.random:
+        return _error("--network / --backbone without --weights would run a randomly initialised network; give "
+                      "--weights, or --random to run one on purpose (the packaged default model needs neither)")
+    if args.random and args.weights is not None:
+        return _error("--random and --weights exclude each other")
     try:
         info = RankInfo.from_env()
     except ValueError as e:
         return _error(str(e))
-    items, skipped, ignored = collect_inputs(args.paths)
+    items, skipped, ignored = collect_inputs(args.paths, exclude=args.out)
     if not items:
         for s in skipped:
             print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
@@ -232,8 +248,17 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            random_model = None
+            if args.random:  # asked for: a calibrated random network of that architecture, no weights at all
+                from ..models import build_model, calibrate_random_model
+
+                random_model = calibrate_random_model(
+                    build_model(args.network or "paper", args.backbone or RANDOM_BACKBONE)).eval()
             detector = Detector(
-                weights=args.weights, network=args.network, backbone=args.backbone, device=device,
+                model=random_model,
+                weights=None if args.random else args.weights,
+                network=None if args.random else args.network,
+                backbone=None if args.random else args.backbone, device=device,
                 dtype=args.dtype, **PostProcessConfig.from_args(args).as_dict(),
                 max_size=args.max_size or DEFAULT_MAX_SIZE, accuracy_mode=args.accuracy_mode, backend=args.backend,
             )

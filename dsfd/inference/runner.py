@@ -111,8 +111,13 @@ class InputItem(NamedTuple):
     kind: str  # "image" or "video"
 
 
-def collect_inputs(paths: Sequence["os.PathLike[str]"]) -> Tuple[List[InputItem], List[Dict[str, str]], int]:
+def collect_inputs(
+    paths: Sequence["os.PathLike[str]"], exclude: Optional["os.PathLike[str]"] = None
+) -> Tuple[List[InputItem], List[Dict[str, str]], int]:
     """Expand PATH arguments into a sorted input list: ``(items, skipped [{path, reason}], ignored file count)``.
+
+    ``exclude`` (the run's output folder) is never searched, so that ``dsfd
+    detect .`` run twice does not detect faces in its own annotated copies.
 
     Folders are searched recursively for image and video extensions (other
     files are ignored and counted); files found in a folder keep their path
@@ -137,8 +142,19 @@ def collect_inputs(paths: Sequence["os.PathLike[str]"]) -> Tuple[List[InputItem]
         used.add(key)
         items.append(InputItem(path, rel, kind))
 
+    excluded = os.path.realpath(exclude) if exclude is not None else None
+
+    def is_excluded(path: str) -> bool:
+        if excluded is None:
+            return False
+        real = os.path.realpath(path)
+        return real == excluded or real.startswith(excluded + os.sep)
+
     for raw in paths:
         p = Path(raw)
+        if is_excluded(str(p)) and p.is_dir():
+            skipped.append({"path": str(p), "reason": "the output folder (--out) is not read as input"})
+            continue
         if p.is_dir():
             found = False
             # follow symbolic links to folders (a data set whose event folders are links), but enter
@@ -150,7 +166,8 @@ def collect_inputs(paths: Sequence["os.PathLike[str]"]) -> Tuple[List[InputItem]
                     dirs[:] = []
                     continue
                 seen.add(real)
-                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen)
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen
+                                 and not is_excluded(os.path.join(root, d)))
                 for f in sorted(files):
                     fp = Path(root) / f
                     ext = fp.suffix.lower()
