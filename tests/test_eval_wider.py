@@ -548,6 +548,13 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
     assert (out / "predictions" / "0--Ev" / "a.txt").read_text().splitlines()[2] == "10.0 10.0 21.0 21.0 0.900000"
     data = json.loads((out / "ap.json").read_text())
     assert data["ap"] == {s: 1.0 for s in SETTINGS}
+    # --device reaches the detector (issue #33: every command takes --device)
+    devices = []
+    fake.load_detector = lambda weights, accuracy_mode=False, dtype="auto", device=None: (
+        devices.append(device) or (lambda img: np.zeros((0, 5))))
+    assert main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(tmp_path / "o2"), "--device",
+                 "cpu", "--quiet", "--no-plots"]) == 0
+    assert devices == ["cpu"]
 
 
 # --------------------------------------------------------------------------- drawn boxes

@@ -60,6 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="network precision with --weights (auto: bfloat16 where the device computes it "
                         "in hardware, float32 elsewhere)")
+    d.add_argument("--device", default=None,
+                   help="where the network runs with --weights: cuda, cpu or cuda:N (default: cuda when available)")
     d.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="what runs the network with --weights: torch (default) or onnxruntime (CPU; --weights may "
                         "then be an .onnx file from dsfd export --outputs raw / --int8)")
@@ -113,9 +115,13 @@ def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto", **opt
 
 
 def _backend(args) -> dict:
-    """``{"backend": ...}`` for ``--backend onnxruntime``; nothing for the default (the load_detector contract)."""
+    """``{"backend": ...}`` for ``--backend onnxruntime`` and ``{"device": ...}`` for ``--device``; nothing for the
+    defaults (the load_detector contract)."""
     backend = getattr(args, "backend", "torch")
-    return {} if backend == "torch" else {"backend": backend}
+    opts = {} if backend == "torch" else {"backend": backend}
+    if getattr(args, "device", None):
+        opts["device"] = args.device
+    return opts
 
 
 def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
