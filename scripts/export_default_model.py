@@ -43,6 +43,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -128,18 +129,22 @@ def _training_record(log: str) -> dict:
     return record
 
 
-def _display_threshold(predictions: str, setting: str = "hard") -> dict:
-    """The drawing threshold from a WIDER prediction folder of the val subset (max F1 on ``setting``'s faces),
-    with the drawn precision / recall at it against the medium and the hard (all valid faces) lists."""
+def _display_threshold(predictions: str, setting: str = "hard", min_precision: Optional[float] = 0.85) -> dict:
+    """The drawing threshold from a WIDER prediction folder of the val subset: the lowest threshold whose
+    drawn precision against ``setting``'s faces reaches ``min_precision`` (the most faces at that precision;
+    ``None`` or unreachable: the highest F1), with the drawn precision / recall at it against the medium and
+    the hard (all valid faces) lists."""
     from dsfd.evaluation import choose_display_threshold, drawn_precision_recall, load_wider_ground_truth
     from dsfd.io import read_prediction_folder
 
     preds, _ = read_prediction_folder(predictions)
     gt = load_wider_ground_truth()
     curve = drawn_precision_recall(preds, gt, setting)
-    t = choose_display_threshold(curve)
+    t = choose_display_threshold(curve, min_precision)
     lists = {s: drawn_precision_recall(preds, gt, s).at(t) for s in ("medium", "hard")}
-    return {"rule": f"highest F1 of the boxes scoring >= t against the WIDER {setting} faces of the val subset "
+    how = (f"the lowest t whose boxes scoring >= t reach precision {min_precision} (else the highest F1)"
+           if min_precision is not None else "the highest F1 of the boxes scoring >= t")
+    return {"rule": f"{how} against the WIDER {setting} faces of the val subset "
                     "(IoU 0.5; boxes on unlisted faces count neither way)",
             **curve.at(t),
             "at_threshold": lists,
@@ -171,7 +176,7 @@ def _update(args: argparse.Namespace) -> int:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = dict(ckpt.get("config") or {})
     # the drawing threshold stays as exported unless --display-score or --rechoose-display says otherwise
-    drawing = (_display_threshold(args.predictions, args.display_setting)
+    drawing = (_display_threshold(args.predictions, args.display_setting, args.display_min_precision or None)
                if args.predictions and args.rechoose_display and args.display_score is None else None)
     hiding = _hide_threshold(args.predictions, args.hide_max_cost) if args.predictions and args.hide_score is None else None
     if args.display_score is not None or drawing is not None:
@@ -219,6 +224,8 @@ def main() -> int:
                         "set --display-score if given) and store them in place")
     p.add_argument("--rechoose-display", action="store_true",
                    help="with --update: choose the drawing threshold anew from --predictions (--display-setting)")
+    p.add_argument("--display-min-precision", type=float, default=0.85,
+                   help="the drawing threshold is the lowest whose drawn precision reaches this (0: the highest F1)")
     p.add_argument("--display-setting", default="hard", choices=["medium", "hard"],
                    help="whose faces the drawing threshold is chosen for (hard: all valid faces)")
     p.add_argument("--stage-log", action="append", default=[],
@@ -239,7 +246,7 @@ def main() -> int:
     if fold_error > 1e-4:
         raise SystemExit(f"folding the FEM norms changed the face scores by {fold_error:.3g}")
     config = dict(model.config)
-    drawing = _display_threshold(args.predictions, args.display_setting) if args.predictions else None
+    drawing = _display_threshold(args.predictions, args.display_setting, args.display_min_precision or None) if args.predictions else None
     if args.display_score is not None or drawing is not None:
         config["display_score"] = float(args.display_score if args.display_score is not None
                                         else drawing["threshold"])
