@@ -331,3 +331,46 @@ def test_train_rejects_empty_paths(argv, capsys):
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
     assert "empty" in err and argv[0] in err
+
+
+# ----------------------------------------------------------------------------- re-opened FEM norms
+def test_fem_norms_reopen_on_folded_weights(tmp_path):
+    """--fem-norm on a file whose FEM norms were folded: the same network in eval mode, ~the same in train mode."""
+    from dsfd.models import build_model
+    from dsfd.training.model_setup import calibrate_fem_norms, reopen_fem_norms
+
+    torch.manual_seed(0)
+    trained = build_model("paper", "tiny", fem_norm=True)
+    for m in trained.fem.modules():  # statistics and affines as after training, then folded like an export
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    trained.eval().fold_fem_norm()
+    path = tmp_path / "folded.pth"
+    torch.save({"model": trained.state_dict(), "config": trained.config}, path)
+    images = torch.randn(4, 3, 96, 96) * 40
+    want = trained(images)
+
+    model = reopen_fem_norms(str(path), {"network": "paper", "backbone": "tiny"})
+    assert model.fem.has_norm and model._fem_norms_to_calibrate
+    got = model.eval()(images)
+    torch.testing.assert_close(got.second.conf, want.second.conf, rtol=1e-4, atol=1e-4)
+    n = calibrate_fem_norms(model, images)
+    assert n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.fem.modules()) > 0
+    assert not hasattr(model, "_fem_norms_to_calibrate")
+    got = model.eval()(images)
+    torch.testing.assert_close(got.second.conf, want.second.conf, rtol=1e-3, atol=1e-3)
+    # train mode on the calibration batch: every FEM norm passes its input through (batch stats = calibration)
+    gaps = []
+    hooks = [bn.register_forward_hook(lambda m, i, o: gaps.append(float((o - i[0]).abs().max().detach() / (i[0].abs().max().detach() + 1e-6))))
+             for bn in model.fem.modules() if isinstance(bn, torch.nn.BatchNorm2d)]
+    model.train()
+    for m in model.backbone.modules():  # the backbone's own norms stay as they were (eval) for this check
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    model(images)
+    for h in hooks:
+        h.remove()
+    assert gaps and max(gaps) < 1e-3

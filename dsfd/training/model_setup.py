@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
+import torch
 from torch import nn
 
 from ..models import build_model, checkpoint_architecture, load_state_dict_checked, load_weights
@@ -40,8 +41,7 @@ def architecture_conflicts(cfg: TrainConfig, arch: Dict[str, Any]) -> List[str]:
         out.append(f"--backbone {cfg.backbone} (the weights are {arch.get('backbone')})")
     if cfg.width_mult is not None and abs(float(cfg.width_mult) - float(arch.get("width_mult") or 1.0)) > 1e-9:
         out.append(f"--width-mult {cfg.width_mult} (the weights have {arch.get('width_mult')})")
-    if cfg.fem_norm and not arch.get("fem_norm", False):
-        out.append("--fem-norm (the weights have no FEM BatchNorm)")
+    # --fem-norm with weights whose FEM norms were folded away re-opens them (reopen_fem_norms): no conflict
     for key, value in cfg.model_switches().items():
         have = arch.get(key, 1.5 if key == "aspect_ratio" else True)
         if have != value:
@@ -89,7 +89,10 @@ def build_training_model(cfg: TrainConfig) -> Tuple[nn.Module, List[nn.Module]]:
                 f"the architecture comes from --weights {cfg.init_weights} ({desc}); these flags contradict it: "
                 + "; ".join(conflicts) + ". Leave them out to fine-tune that network."
             )
-        model = load_weights(cfg.init_weights, map_location="cpu").train()
+        if cfg.fem_norm and not arch.get("fem_norm", False):
+            model = reopen_fem_norms(cfg.init_weights, arch).train()
+        else:
+            model = load_weights(cfg.init_weights, map_location="cpu").train()
     else:
         kw: Dict[str, Any] = {}
         if cfg.width_mult is not None:
@@ -132,3 +135,80 @@ def to_sync_batchnorm(model: nn.Module, frozen: List[nn.Module]) -> Tuple[nn.Mod
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     modules = dict(model.named_modules())
     return model, [modules[n] for n in frozen_names]
+
+
+def _fem_norms(model: nn.Module) -> List[nn.BatchNorm2d]:
+    fem = getattr(model, "fem", None)
+    return [] if fem is None else [m for m in fem.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@torch.no_grad()
+def reopen_fem_norms(weights: Any, arch: Dict[str, Any]) -> nn.Module:
+    """The network of ``weights`` (FEM BatchNorms folded away, as in an exported file) with the norms back.
+
+    Fine-tuning such a file trains its FEM without the norms it was trained
+    with (``--fem-norm``). This builds the network with them, loads the
+    weights (every key but the norms'), and makes each norm an exact
+    identity in eval mode; :func:`calibrate_fem_norms` then sets its
+    statistics from real images so that it is (close to) one in train mode
+    too. The model is marked ``_fem_norms_to_calibrate``.
+    """
+    folded = load_weights(weights, map_location="cpu")
+    options = {k: v for k, v in arch.items() if k not in ("network", "backbone")}
+    model = build_model(arch["network"], arch["backbone"], **{**options, "fem_norm": True})
+    result = model.load_state_dict(folded.state_dict(), strict=False)
+    norm_keys = {f"fem.{n}.{k}" for n, m in model.fem.named_modules() if isinstance(m, nn.BatchNorm2d)
+                 for k in m.state_dict()}
+    stray = [k for k in result.missing_keys if k not in norm_keys] + list(result.unexpected_keys)
+    if stray:
+        raise ValueError(f"cannot re-open the FEM norms of {weights}: keys that do not fit {stray[:5]}")
+    for bn in _fem_norms(model):  # eval mode: (y - 0) / sqrt(1 + eps) * sqrt(1 + eps) + 0 = y
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+        bn.weight.fill_(float(1.0 + bn.eps) ** 0.5)
+        bn.bias.zero_()
+    for attr in ("display_score", "hide_score"):
+        if getattr(folded, attr, None) is not None:
+            setattr(model, attr, getattr(folded, attr))
+    model._fem_norms_to_calibrate = True
+    return model
+
+
+@torch.no_grad()
+def calibrate_fem_norms(model: nn.Module, images: torch.Tensor) -> int:
+    """Sets each FEM norm of a :func:`reopen_fem_norms` network from one batch; returns how many.
+
+    One eval-mode forward (where every norm is still the identity, so each
+    sees what the folded network computed) records the per-channel mean
+    and variance of each norm's input; the norm then gets them as running
+    statistics and as its affine shift and scale, so that in eval mode it
+    stays exactly the identity and in train mode, whose batch statistics are
+    close to these, nearly so.
+    """
+    norms = _fem_norms(model)
+    stats: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].float()
+        stats[id(module)] = (x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False))
+
+    hooks = [bn.register_forward_pre_hook(record) for bn in norms]
+    was_training = model.training
+    try:
+        model.eval()
+        model(images)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    for bn in norms:
+        if id(bn) not in stats:
+            continue
+        mean, var = stats[id(bn)]
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(torch.sqrt(var + bn.eps))
+        bn.bias.copy_(mean)
+    if hasattr(model, "_fem_norms_to_calibrate"):
+        del model._fem_norms_to_calibrate
+    return len(stats)

@@ -69,7 +69,7 @@ from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
-from .model_setup import build_training_model, to_sync_batchnorm
+from .model_setup import build_training_model, calibrate_fem_norms, to_sync_batchnorm
 
 __all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
 
@@ -292,6 +292,13 @@ class Trainer:
         self.sampler_probe = ShardedBatchSampler(
             len(self.train_dataset), cfg.batch_size, self.info.rank, self.info.world_size, cfg.seed
         )
+        if getattr(model, "_fem_norms_to_calibrate", False):
+            # --fem-norm on weights whose FEM norms were folded: set the re-opened norms from real crops
+            # (the first batch of the run) so that training starts from the network the weights hold
+            batch = collate_detection([self.train_dataset[item] for item in self.sampler_probe.batch(0)])
+            n = calibrate_fem_norms(model, self.to_device(batch)[0])
+            log.info("re-opened %d FEM BatchNorms of %s, calibrated on %d crops", n, cfg.init_weights,
+                     len(batch[0]))
 
         # --- resume (after everything that consumes RNG at construction) -----
         ckpt_path = resolve_resume(cfg.resume, self.out)
