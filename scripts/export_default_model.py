@@ -228,6 +228,8 @@ def main() -> int:
                    help="the drawing threshold is the lowest whose drawn precision reaches this (0: the highest F1)")
     p.add_argument("--display-setting", default="hard", choices=["medium", "hard"],
                    help="whose faces the drawing threshold is chosen for (hard: all valid faces)")
+    p.add_argument("--previous-record", help="default.json of the shipped weights this run fine-tuned: its stages are "
+                   "kept as earlier stages (read it before the export overwrites it)")
     p.add_argument("--stage-log", action="append", default=[],
                    help="log.jsonl of an earlier stage this run continued from (repeatable, oldest first)")
     p.add_argument("--out", default=str(ROOT / "dsfd" / "weights" / "default.pth"))
@@ -279,8 +281,14 @@ def main() -> int:
     }
     if args.log:
         record["training"] = _training_record(args.log)
-    if args.stage_log:
-        record["earlier_stages"] = [_training_record(log) for log in args.stage_log]
+    earlier = []
+    if args.previous_record:  # the shipped default this run continued from: its stages stay on record
+        prev = json.loads(Path(args.previous_record).read_text())
+        earlier += list(prev.get("earlier_stages", [])) + ([prev["training"]] if prev.get("training") else [])
+        record["previous_default"] = {k: prev.get(k) for k in ("sha256", "iteration", "exported", "evaluation")}
+    earlier += [_training_record(log) for log in args.stage_log]
+    if earlier:
+        record["earlier_stages"] = earlier
     if drawing is not None:
         record["drawing"] = drawing
     if hiding is not None:
