@@ -169,6 +169,20 @@ def _surviving(
     return inside & (area > min_face * min_face)
 
 
+def _clip_to_crop(boxes: np.ndarray, x0: float, y0: float, sx: float, sy: float) -> np.ndarray:
+    """Pixel corner boxes clipped to the crop ``[x0, x0+sx) x [y0, y0+sy)``, in crop units ``[0, 1]``."""
+    out = np.stack(
+        [
+            (np.maximum(boxes[:, 0], x0) - x0) / sx,
+            (np.maximum(boxes[:, 1], y0) - y0) / sy,
+            (np.minimum(boxes[:, 2], x0 + sx) - x0) / sx,
+            (np.minimum(boxes[:, 3], y0 + sy) - y0) / sy,
+        ],
+        1,
+    )
+    return np.clip(out, 0.0, 1.0)
+
+
 class TrainTransform:
     """The DSFD training augmentation (see the module docstring).
 
@@ -359,17 +373,7 @@ class TrainTransform:
         if k:
             keep = _surviving(b, np.array([cx0]), np.array([cy0]), np.array([sx]), self.size, t)[0]
             idx = np.nonzero(keep)[0]
-            kb = b[idx]
-            kb = np.stack(
-                [
-                    (np.maximum(kb[:, 0], cx0) - cx0) / sx,
-                    (np.maximum(kb[:, 1], cy0) - cy0) / sy,
-                    (np.minimum(kb[:, 2], cx0 + sx) - cx0) / sx,
-                    (np.minimum(kb[:, 3], cy0 + sy) - cy0) / sy,
-                ],
-                1,
-            )
-            kb = np.clip(kb, 0.0, 1.0)
+            kb = _clip_to_crop(b[idx], cx0, cy0, sx, sy)
         else:
             idx = np.zeros(0, dtype=np.int64)
             kb = np.zeros((0, 4))
@@ -405,16 +409,7 @@ class TrainTransform:
         dropped = np.ones(len(boxes), dtype=bool)
         dropped[kept] = False
         regions = np.concatenate([np.asarray(ignore, np.float64).reshape(-1, 4), boxes[dropped]], 0)
-        r = np.stack(
-            [
-                (np.maximum(regions[:, 0], x0) - x0) / side,
-                (np.maximum(regions[:, 1], y0) - y0) / side,
-                (np.minimum(regions[:, 2], x0 + side) - x0) / side,
-                (np.minimum(regions[:, 3], y0 + side) - y0) / side,
-            ],
-            1,
-        )
-        r = np.clip(r, 0.0, 1.0)
+        r = _clip_to_crop(regions, x0, y0, side, side)
         return r[(r[:, 2] > r[:, 0]) & (r[:, 3] > r[:, 1])]
 
 
