@@ -34,20 +34,15 @@ it will be used.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
 import math
-import os
-import random
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -68,8 +63,10 @@ from ..losses import ProgressiveAnchorLoss
 from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
-from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, init_distributed, pal_loss
+from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, pal_loss
 from .model_setup import build_training_model, calibrate_fem_norms, to_sync_batchnorm
+from .runtime import Runtime, StopSignal, deterministic_algorithms, seed_everything
+from .runtime import amp_dtype as _amp_dtype  # noqa: F401  (tests/test_training.py imports it from here)
 
 __all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
 
@@ -141,68 +138,6 @@ def fork_safe_iter(loader: DataLoader) -> Iterator[Any]:
         cv2.setNumThreads(n)
 
 
-class StopSignal:
-    """Context manager: SIGINT / SIGTERM set :attr:`requested` instead of killing the process.
-
-    A second SIGINT raises ``KeyboardInterrupt``. Handlers are only installed
-    from the main thread (elsewhere the flag can still be set by hand) and
-    the previous ones are restored on exit.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signum: Optional[int] = None
-        self._old: Dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signum = signum
-        log.warning("received %s: saving a checkpoint at the next iteration boundary "
-                    "(press Ctrl-C again to abort without saving)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopSignal":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old.clear()
-
-
-def _resolve_device(cfg: TrainConfig) -> torch.device:
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(dev)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    return d
-
-
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    amp = cfg.amp
-    if amp == "auto":
-        # bf16 where the device computes it in hardware (CUDA; CPUs with
-        # AVX-512 BF16 / AMX), fp32 elsewhere: see dsfd.precision.
-        from ..precision import auto_dtype
-
-        amp = "bf16" if auto_dtype(device) == torch.bfloat16 else "none"
-    if amp == "none":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError("--amp fp16 needs a CUDA device (use bf16 or none on CPU)")
-        return torch.float16
-    return torch.bfloat16
-
-
 class Trainer:
     """Trains a DSFD model as described by a :class:`TrainConfig`.
 
@@ -233,38 +168,23 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.callbacks = list(callbacks)
-        if cfg.deterministic:  # before the first cuBLAS handle is created
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        device = _resolve_device(cfg)
-        self.info = info if info is not None else init_distributed(device.type)
-        if device.type == "cuda" and self.info.distributed:
-            device = torch.device("cuda", self.info.local_rank)
-        if device.type == "cuda":
-            if device.index is None:  # torch.cuda.set_device wants an index (torch 2.11 refuses a bare "cuda")
-                device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(device)
-        self.device = device
-        self.amp_dtype = _amp_dtype(cfg, device)
-        # channels_last: on CUDA, and on CPU with bf16 (oneDNN's bf16 convolutions want NHWC).
-        default_cl = device.type == "cuda" or self.amp_dtype == torch.bfloat16
-        self.channels_last = default_cl if cfg.channels_last is None else bool(cfg.channels_last)
-        if cfg.batch_size % self.info.world_size:
-            raise ValueError(f"batch size {cfg.batch_size} is not divisible by the world size {self.info.world_size}")
-        self.local_batch = cfg.batch_size // self.info.world_size
+        self.runtime = Runtime.from_config(cfg, info)
+        rt = self.runtime
+        self.info, self.device, self.amp_dtype, self.channels_last = rt.info, rt.device, rt.amp_dtype, rt.channels_last
+        self.local_batch = rt.local_batch
         self.out = Path(cfg.out)
         self.stop = StopSignal()
-        self._det_prev: Optional[Tuple[bool, bool]] = None
 
         # --- model, identical on every rank (same seed) ----------------------
         # fresh, or the whole network of --weights with the checkpoint's architecture
         # (dsfd.training.model_setup); frozen: the BatchNorms kept in eval mode
-        self._seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         model, self.frozen_bn = build_training_model(cfg)
-        model.to(device)
+        model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if cfg.bn == "sync" and self.info.distributed:
-            if device.type != "cuda":
+            if self.device.type != "cuda":
                 raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
             model, self.frozen_bn = to_sync_batchnorm(model, self.frozen_bn)
         self.model = model
@@ -280,7 +200,7 @@ class Trainer:
             cfg.resolved_lr_steps(), cfg.lr_gamma, cfg.resolved_warmup_iters(), cfg.warmup_factor
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.resumed_from: Optional[Path] = None
 
@@ -314,7 +234,7 @@ class Trainer:
                        else {"broadcast_buffers": sync})
             self.ddp_model: nn.Module = ddp_cls(
                 model,
-                device_ids=[device.index] if device.type == "cuda" else None,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
                 **sync_kw,
             )
@@ -323,12 +243,6 @@ class Trainer:
         self._set_train_mode()
 
     # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed & 0xFFFFFFFF)
-        torch.manual_seed(seed)
-
     def _data_roots(self) -> List[Path]:
         return [Path(r) for r in self.cfg.data_roots()] or [wider_root()]
 
@@ -487,26 +401,18 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def to_device(self, batch: Sequence[Any]) -> Tuple[Tensor, Tensor, Tensor]:
         """``(images, gt_boxes, gt_counts)`` of a collated batch on the training device (and memory format)."""
-        images, gt_boxes, gt_counts = batch[0], batch[1], batch[2]
-        nb = self.device.type == "cuda"
-        images = images.to(self.device, non_blocking=nb)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, gt_boxes.to(self.device, non_blocking=nb), gt_counts.to(self.device, non_blocking=nb)
+        return self.runtime.to_device(batch)
 
     def autocast(self) -> Any:
         """The training precision's autocast context (a no-op in fp32)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return self.runtime.autocast()
 
     def ignore_regions(self, batch: Sequence[Any]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """``(ignore_boxes [B, M, 4], ignore_counts [B])`` of a collated batch on the device, or ``(None, None)``."""
         if self.criterion.shot_loss.ignore_iou is None or len(batch) < 4:
             return None, None
         boxes, counts = collate_ignore_regions(batch[3])
-        nb = self.device.type == "cuda"
-        return boxes.to(self.device, non_blocking=nb), counts.to(self.device, non_blocking=nb)
+        return self.runtime.move(boxes), self.runtime.move(counts)
 
     def forward_loss(self, batch: Sequence[Any]) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Forward the network's shots and the globally normalised PAL loss of one (per-rank) batch."""
@@ -579,25 +485,10 @@ class Trainer:
         return res
 
     # ------------------------------------------------------------------ main loop
-    def _apply_determinism(self) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = not self.cfg.deterministic
-        if self.cfg.deterministic:
-            self._det_prev = (torch.are_deterministic_algorithms_enabled(),
-                              torch.is_deterministic_algorithms_warn_only_enabled())
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.deterministic = True
-
-    def _restore_determinism(self) -> None:
-        if self._det_prev is not None:
-            torch.use_deterministic_algorithms(self._det_prev[0], warn_only=self._det_prev[1])
-            self._det_prev = None
-
     def train(self) -> Dict[str, Any]:
         """Run to ``cfg.iters`` (or until ``stop_at`` / a stop signal). Returns a summary."""
         cfg, info = self.cfg, self.info
         self.stop = StopSignal()
-        self._apply_determinism()
         start_iter = self.iteration
         sampler = ShardedBatchSampler(
             len(self.train_dataset), cfg.batch_size, info.rank, info.world_size, cfg.seed,
@@ -632,7 +523,7 @@ class Trainer:
         reason = "done"
         loader_iter: Optional[Iterator[Any]] = None
         try:
-            with self.stop:
+            with self.stop, deterministic_algorithms(cfg.deterministic, self.device):
                 if self.iteration < cfg.iters:
                     loader_iter = fork_safe_iter(self.make_loader(self.train_dataset, batch_sampler=sampler))
                 while self.iteration < cfg.iters:
@@ -713,7 +604,6 @@ class Trainer:
             if pbar is not None:
                 pbar.close()
             del loader_iter
-            self._restore_determinism()
         if info.distributed:
             dist.barrier(group=info.control_group)
         return {"iteration": self.iteration, "reason": reason, "train": last_train, "val": last_val,
