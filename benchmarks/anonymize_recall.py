@@ -60,7 +60,7 @@ def _model_thresholds(weights: str) -> Dict[str, Optional[float]]:
 def _predict(weights: str, folder: Path) -> Path:
     """Run ``dsfd eval --weights`` over the val subset, keeping its WIDER prediction folder."""
     cmd = [sys.executable, "-m", "dsfd", "eval", "--weights", weights, "--predictions", str(folder / "predictions"),
-           "--out", str(folder / "eval"), "--no-plots", "--quiet"]
+           "--out", str(folder / "eval"), "--no-plots", "--no-progress"]
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return folder / "predictions"

@@ -90,11 +90,11 @@ if want tests; then
 fi
 
 if want cli; then
-  run detect_cli 120 bash -c "$PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cuda --out $WORK/det_gpu --quiet && \
-    $PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cpu --dtype float32 --out $WORK/det_cpu --quiet && \
+  run detect_cli 120 bash -c "$PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cuda --out $WORK/det_gpu --no-progress && \
+    $PY -m dsfd detect dsfd/assets/grace_hopper.jpg --device cpu --dtype float32 --out $WORK/det_cpu --no-progress && \
     $PY benchmarks/compare_detections.py $WORK/det_cpu $WORK/det_gpu"
   if [ -n "${DSFD_WIDER_ROOT:-}" ]; then
-    run eval_default_gpu 150 $PY -m dsfd eval --weights default --data "$DSFD_WIDER_ROOT" --out "$WORK/eval_default" --quiet
+    run eval_default_gpu 150 $PY -m dsfd eval --weights default --data "$DSFD_WIDER_ROOT" --out "$WORK/eval_default" --no-progress
     grep -iE "easy|medium|hard" "$WORK/eval_default_gpu.log" | tail -4 >> "$summary"
   fi
 fi
@@ -121,9 +121,9 @@ fi
 if want ddp; then
   run ddp_train 150 env DSFD_DIST_BACKEND=gloo $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dsfd train \
     --data "${DSFD_WIDER_ROOT:-none}" --out "$WORK/ddp_run" --backbone lite --size 320 --batch-size 8 --iters 6 \
-    --device cuda --amp bf16 --workers 2 --val-every 0 --ckpt-every 0 --no-progress
+    --device cuda --dtype bfloat16 --workers 2 --val-every 0 --ckpt-every 0 --no-progress
   run ddp_detect 120 env DSFD_DIST_BACKEND=gloo $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m dsfd detect \
-    "${DSFD_WIDER_ROOT:-dsfd/assets}/WIDER_val/images/0--Parade" --device cuda --out "$WORK/ddp_detect" --no-draw --quiet
+    "${DSFD_WIDER_ROOT:-dsfd/assets}/WIDER_val/images/0--Parade" --device cuda --out "$WORK/ddp_detect" --no-draw --no-progress
 fi
 
 if want profile; then

@@ -139,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif name.startswith("torch"):
             extra = ["--dtype", "float32" if name == "torch-fp32" else "bfloat16"]
         cmd = dsfd_cmd("eval", "--weights", weights, "--backend", backend, *extra, "--data", data,
-                       "--out", str(work / name), "--quiet", "--no-plots")
+                       "--out", str(work / name), "--no-progress", "--no-plots")
         run(cmd)
         commands.append(" ".join(["dsfd", *cmd[3:]]))
         ap = json.loads((work / name / "ap.json").read_text())["ap"]

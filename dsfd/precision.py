@@ -1,7 +1,7 @@
 """Which compute precision to use on which device.
 
 One place decides, for inference (:class:`dsfd.Detector`) and training
-(``dsfd train --amp auto``), whether the network runs in bfloat16 autocast:
+(``dsfd train --dtype auto``), whether the network runs in bfloat16 autocast:
 
 * CUDA: bf16 when the GPU supports it.
 * CPU: bf16 autocast (with channels_last) only where the processor has

@@ -84,7 +84,7 @@ def eval_args(name: str, a: argparse.Namespace) -> List[str]:
     run = Path(a.runs) / run_name(name, a.seed)
     return [
         sys.executable, "-m", "dsfd", "eval", "--weights", str(run / "final.pt"), "--data", a.data[0],
-        "--split", "val", "--out", str(run / "eval"), "--no-plots", "--quiet",
+        "--split", "val", "--out", str(run / "eval"), "--no-plots", "--no-progress",
     ]
 
 

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from dsfd.cli import main as dsfd_main
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["detect", str(photo), "--out", tmp, "--quiet", "--anonymize", a.method]
+        cmd = ["detect", str(photo), "--out", tmp, "--no-progress", "--anonymize", a.method]
         cmd += (["--weights", a.weights] if a.weights else []) + (["--min-score", a.min_score] if a.min_score else [])
         print("running: dsfd", " ".join(cmd), flush=True)
         if dsfd_main(cmd) != 0:  # the command itself, in this process

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from dsfd.cli import main as dsfd_main
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["detect", str(photo), "--out", tmp, "--quiet"] + (["--weights", a.weights] if a.weights else [])
+        cmd = ["detect", str(photo), "--out", tmp, "--no-progress"] + (["--weights", a.weights] if a.weights else [])
         print("running: dsfd", " ".join(cmd), flush=True)
         if dsfd_main(cmd) != 0:  # the command itself, in this process
             raise SystemExit("dsfd detect failed")

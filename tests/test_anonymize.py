@@ -70,7 +70,7 @@ def test_boxes_at_the_border_are_clipped_and_bad_input_is_named():
 
 
 def _detect(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dsfd", "detect", *map(str, args), "--device", "cpu", "--quiet"],
+    return subprocess.run([sys.executable, "-m", "dsfd", "detect", *map(str, args), "--device", "cpu", "--no-progress"],
                           capture_output=True, text=True, cwd=cwd, timeout=600)
 
 

@@ -352,7 +352,7 @@ def test_train_cli_reports_bad_annotations_and_strict_exits_2(tmp_path, capsys):
     path = _bad_coco(tmp_path)
     out = tmp_path / "run"
     common = ["train", "--data", str(path), "--backbone", "tiny", "--size", "128", "--batch-size", "2",
-              "--iters", "1", "--workers", "0", "--val-every", "0", "--no-progress", "--amp", "none", "--out", str(out)]
+              "--iters", "1", "--workers", "0", "--val-every", "0", "--no-progress", "--dtype", "float32", "--out", str(out)]
     assert main(common + ["--strict"]) == 2
     err = capsys.readouterr().err
     assert f"dsfd train: error: {path}:images[1].file_name: missing_image:" in err and "Traceback" not in err
@@ -448,7 +448,7 @@ def test_eval_cli_scores_coco_results_and_rejects_bad_usage(tmp_path, capsys):
                                    {"image_id": 7, "category_id": 1, "bbox": [0, 60, 30, 30], "score": 0.95}]))
     out = tmp_path / "ev"
     assert main(["eval", "--data", str(path), "--images", str(tmp_path / "img"), "--coco-results", str(results),
-                 "--out", str(out), "--quiet"]) == 0
+                 "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "coco_eval.json").read_text())
     # one of two faces found, after a false positive with a higher score: AR 0.5, AP50 0.5 x 0.5 interpolated
     assert res["AR100"] == pytest.approx(0.5) and res["format"] == "coco" and res["num_faces"] == 2

@@ -72,7 +72,7 @@ def test_injected_enospc_is_one_line_and_resume_finishes(tmp_path, monkeypatch, 
     monkeypatch.setattr(runner, "open", disk.open, raising=False)
     # --min-score 0.999: no "face" in the noise is hidden, so every copy stays incompressible noise of a known
     # size (whatever the packaged model's hiding threshold finds in it)
-    args = ["detect", str(photos), "--out", str(out), "--device", "cpu", "--quiet", "--min-score", "0.999",
+    args = ["detect", str(photos), "--out", str(out), "--device", "cpu", "--no-progress", "--min-score", "0.999",
             "--anonymize", "blur"]
     code = cli.main(args)
     err = capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_injected_enospc_on_the_summary_names_it(tmp_path, monkeypatch, capsys):
         return real(path, data)
 
     monkeypatch.setattr(outputs, "atomic_write_bytes", full_on_summary)
-    code = cli.main(["detect", str(photos), "--out", str(out), "--device", "cpu", "--quiet"])
+    code = cli.main(["detect", str(photos), "--out", str(out), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 3 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"could not write {out / 'summary.json'}" in err and "2 of 2 input(s) are done" in err, err
@@ -130,7 +130,7 @@ def test_real_600k_tmpfs(tmp_path):
     try:
         photos = _photos(tmp_path / "photos", 8, 150)  # ~68 kB per picture: about 8 fit in 600 kB, with the rest not
         cmd = [sys.executable, "-m", "dsfd", "detect", str(photos), "--out", str(mnt / "out"), "--device", "cpu",
-               "--quiet", "--min-score", "0.999", "--anonymize", "pixelate"]  # copies stay incompressible noise
+               "--no-progress", "--min-score", "0.999", "--anonymize", "pixelate"]  # copies stay incompressible noise
         # fill most of the disk first, as a user's other files would
         (mnt / "other").write_bytes(b"\0" * 300_000)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -162,7 +162,7 @@ def test_detector_and_detect_cli_take_a_name(server, cache, monkeypatch, tmp_pat
     assert det.weights == "test-tiny" and not det.random_weights
     out = tmp_path / "out"
     assert main(["detect", str(ASSET), "--weights", "test-tiny", "--out", str(out), "--max-size", "128",
-                 "--no-draw", "--quiet", "--device", "cpu"]) == 0
+                 "--no-draw", "--no-progress", "--device", "cpu"]) == 0
     assert (out / "grace_hopper.json").is_file()
     assert _Handler.hits == ["/paper_tiny.pth"]
 
@@ -275,7 +275,7 @@ def test_detect_cli_reports_a_failed_download(cache, monkeypatch, tmp_path, caps
     from dsfd.cli import main
 
     monkeypatch.setenv("DSFD_WEIGHTS_URL_RELEASED_RESNET152", f"http://127.0.0.1:{_closed_port()}/x.pth")
-    code = main(["detect", str(ASSET), "--weights", "released-resnet152", "--out", str(tmp_path / "o"), "--quiet"])
+    code = main(["detect", str(ASSET), "--weights", "released-resnet152", "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
     assert "could not download" in err and "WIDERFace_DSFD_RES152.pth" in err

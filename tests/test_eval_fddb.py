@@ -226,7 +226,7 @@ def test_cli_fddb(tmp_path):
         f"{n}\n{len(el)}\n" + "".join(" ".join(map(str, e)) + " 0.9\n" for e in el) for n, el in ann.items()))
     out = tmp_path / "out"
     code = main(["eval", "--fddb-folds", str(folds), "--fddb-detections", str(det), "--fddb-det-format", "ellipse",
-                 "--out", str(out), "--quiet"])
+                 "--out", str(out), "--no-progress"])
     assert code == 0
     data = json.loads((out / "fddb.json").read_text())
     assert data["tpr_at_1000_fp"]["discrete"] == 1.0 and data["num_faces"] == 3

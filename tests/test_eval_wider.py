@@ -390,7 +390,7 @@ def test_malformed_files_are_reported_by_file_and_line_not_missing(tmp_path, cap
     assert res.ap["easy"] == pytest.approx(2 / 3)  # a's boxes count for a, b has none
     save_wider_ground_truth(gt, tmp_path / "gt")
     code = main(["eval", "--predictions", str(d), "--ground-truth", str(tmp_path / "gt"), "--out",
-                 str(tmp_path / "o"), "--quiet", "--no-plots"])
+                 str(tmp_path / "o"), "--no-progress", "--no-plots"])
     err = capsys.readouterr().err
     assert code == 0
     assert f"{a_txt}:1: names image" in err and f"{b_txt}:1: cannot read" in err
@@ -492,7 +492,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "eval"
     code = main(["eval", "--predictions", str(PRED_ROOT / "mtcnn"), "--ground-truth", str(GT_DIR),
-                 "--out", str(out), "--quiet"])
+                 "--out", str(out), "--no-progress"])
     assert code == 0
     data = json.loads((out / "ap.json").read_text())
     ref = _reference_aps()["mtcnn"]
@@ -514,7 +514,7 @@ def test_cli_errors(capsys, monkeypatch, tmp_path):
     gt = _hand_gt()
     save_wider_ground_truth(gt, tmp_path / "ground_truth")
     monkeypatch.setitem(sys.modules, "dsfd.inference", None)
-    code = main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"])
+    code = main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 2
     assert "dsfd.inference" in capsys.readouterr().err
 
@@ -542,7 +542,7 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dsfd.inference", fake)
     out = tmp_path / "out"
     code = main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(out), "--accuracy-mode",
-                 "--quiet", "--no-plots"])
+                 "--no-progress", "--no-plots"])
     assert code == 0
     assert calls == [("w.pth", True, "auto")]
     assert (out / "predictions" / "0--Ev" / "a.txt").read_text().splitlines()[2] == "10.0 10.0 21.0 21.0 0.900000"
@@ -553,7 +553,7 @@ def test_cli_runs_detector(tmp_path, monkeypatch):
     fake.load_detector = lambda weights, accuracy_mode=False, dtype="auto", device=None: (
         devices.append(device) or (lambda img: np.zeros((0, 5))))
     assert main(["eval", "--weights", "w.pth", "--data", str(tmp_path), "--out", str(tmp_path / "o2"), "--device",
-                 "cpu", "--quiet", "--no-plots"]) == 0
+                 "cpu", "--no-progress", "--no-plots"]) == 0
     assert devices == ["cpu"]
 
 

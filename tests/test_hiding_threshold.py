@@ -111,7 +111,7 @@ def test_anonymize_hides_from_hide_score_unless_min_score(tmp_path):
 
     def run(out, *extra):
         r = subprocess.run([sys.executable, "-m", "dsfd", "detect", str(PHOTO), "--weights", str(weights),
-                            "--out", str(tmp_path / out), "--device", "cpu", "--quiet", *extra],
+                            "--out", str(tmp_path / out), "--device", "cpu", "--no-progress", *extra],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         return r.stdout, json.loads((tmp_path / out / "summary.json").read_text()), \

@@ -328,7 +328,9 @@ def test_frozen_batchnorms_stay_frozen_under_sync_batchnorm():
 def test_train_rejects_empty_paths(argv, capsys):
     from dsfd.cli import main
 
-    assert main(["train", *argv]) == 2
+    with pytest.raises(SystemExit) as e:  # a usage error, found by the parser (dsfd.cli_options types)
+        main(["train", *argv])
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert "empty" in err and argv[0] in err
 

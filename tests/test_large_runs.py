@@ -379,7 +379,7 @@ def test_torchrun_cli_two_cpu_ranks_match_one_process(tmp_path):
     """The torchrun command of docs/detection.md on the CPU (gloo), with the packaged model, anonymising."""
     photos = tmp_path / "photos"
     make_photos(photos, 6)
-    common = [str(photos), "--format", "coco", "--workers", "0", "--quiet", "--anonymize", "pixelate", "--device", "cpu",
+    common = [str(photos), "--output-format", "coco", "--workers", "0", "--no-progress", "--anonymize", "pixelate", "--device", "cpu",
               "--dtype", "float32", "--min-score", "0.02",  # keep weak boxes: the comparison must not be vacuous
               "--batch-size", "1"]  # batches of mixed sizes are padded, which moves weak boxes
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

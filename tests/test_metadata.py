@@ -124,7 +124,7 @@ def test_anonymised_copy_has_no_exif_and_is_upright(tmp_path):
         pass
 
     r = subprocess.run([sys.executable, "-m", "dsfd", "detect", str(src), "--out", str(tmp_path / "out"),
-                        "--anonymize", "box", "--min-score", "0.5", "--device", "cpu", "--quiet"],  # the face only
+                        "--anonymize", "box", "--min-score", "0.5", "--device", "cpu", "--no-progress"],  # the face only
                        capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
@@ -152,7 +152,7 @@ def test_png_copy_has_no_metadata_chunks(tmp_path):
     src = tmp_path / "p.png"
     cv2.imwrite(str(src), cv2.imread(str(PHOTO)))
     r = subprocess.run([sys.executable, "-m", "dsfd", "detect", str(src), "--out", str(tmp_path / "out"),
-                        "--anonymize", "blur", "--device", "cpu", "--quiet"], capture_output=True, text=True,
+                        "--anonymize", "blur", "--device", "cpu", "--no-progress"], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
     data = (tmp_path / "out" / "p.png").read_bytes()

@@ -274,7 +274,7 @@ def test_cli_detect_backend(tmp_path, capsys):
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
         assert main(["detect", str(img), "--out", str(out), "--backend", backend, "--dtype", "float32",
-                     "--no-draw", "--quiet", "--format", "wider", "--min-score", "0.3"]) == 0
+                     "--no-draw", "--no-progress", "--output-format", "wider", "--min-score", "0.3"]) == 0
         outs[backend] = (out / "grace.txt").read_text().splitlines()
     assert "(ONNX Runtime)" in capsys.readouterr().out
     ref = np.loadtxt(outs["torch"][2:], ndmin=2)
@@ -305,7 +305,7 @@ def test_cli_eval_passes_the_backend(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dsfd.inference", fake)
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
-        assert main(["eval", "--weights", "w.onnx", "--data", str(tmp_path), "--out", str(out), "--quiet",
+        assert main(["eval", "--weights", "w.onnx", "--data", str(tmp_path), "--out", str(out), "--no-progress",
                      "--no-plots", "--backend", backend]) == 0
         assert json.loads((out / "ap.json").read_text())["ap"]["easy"] == 1.0
     assert calls == [("w.onnx", {}), ("w.onnx", {"backend": "onnxruntime"})]

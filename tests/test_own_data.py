@@ -91,7 +91,7 @@ def test_worked_example_fine_tune_evaluate_export_detect(own_data, tmp_path, cap
     for name, data in (("coco", coco), ("yolo", yolo)):
         out = tmp_path / f"eval_{name}"
         assert main(["eval", "--weights", str(run / "final.pt"), "--data", str(data), "--out", str(out),
-                     "--quiet"]) == 0
+                     "--no-progress"]) == 0
         results[name] = json.loads((out / "coco_eval.json").read_text())
         assert results[name]["num_faces"] == n and results[name]["num_images"] == 6
         assert (out / "pr_coco.png").stat().st_size > 0
@@ -117,7 +117,7 @@ def test_worked_example_fine_tune_evaluate_export_detect(own_data, tmp_path, cap
     photo = WIDER / "WIDER_train" / "images" / path
     capsys.readouterr()
     assert main(["detect", str(photo), "--weights", str(run / "final.pt"), "--out", str(tmp_path / "det"),
-                 "--no-draw", "--quiet"]) == 0
+                 "--no-draw", "--no-progress"]) == 0
     dets = json.loads((tmp_path / "det" / (Path(path).stem + ".json")).read_text())["detections"]
     assert any(_iou(d["box"], f) >= 0.5 for d in dets for f in faces.tolist())
 

@@ -381,7 +381,7 @@ def test_cli_train_mixes_data_roots(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", str(a), "--data", str(b), "--backbone", "tiny", "--size", "128",
                  "--batch-size", "2", "--iters", "2", "--workers", "0", "--out", str(out), "--val-every", "0",
-                 "--no-progress", "--amp", "none"]) == 0
+                 "--no-progress", "--dtype", "float32"]) == 0
     start = [r for r in read_log(out) if r["type"] == "start"][0]
     assert start["args"]["data"] == [str(a), str(b)]
     assert start["train_images"] == 8

@@ -8,7 +8,7 @@
 * a folder with ``images/`` and ``labels/`` (directly or per split, see
   :mod:`dsfd.data.yolo`): format ``yolo``.
 
-``format=`` (``--format``) overrides the detection for every root.
+``format=`` (``--data-format``) overrides the detection for every root.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..cli_options import add_data, add_device, add_dtype, add_max_size, add_progress, add_weights, nonempty_path
+
 __all__ = ["add_parser", "run"]
 
 
@@ -42,52 +44,43 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
     )
     w = p.add_argument_group("WIDER FACE")
-    w.add_argument("--predictions", type=Path, help="prediction folder <event>/<image>.txt (read, or written "
+    w.add_argument("--predictions", type=nonempty_path, help="prediction folder <event>/<image>.txt (read, or written "
                    "to when --weights is given)")
-    w.add_argument("--ground-truth", type=Path, help="folder of wider_{face,easy,medium,hard}_val.mat "
+    w.add_argument("--ground-truth", type=nonempty_path, help="folder of wider_{face,easy,medium,hard}_val.mat "
                    "(default: <data>/ground_truth, <data> = --data or $DSFD_WIDER_ROOT)")
     w.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5)")
     d = p.add_argument_group("running the detector")
-    d.add_argument("--weights", help="weights name (default, released-resnet152), file or URL: run the "
-                   "detector over the images first")
-    d.add_argument("--data", type=Path,
-                   help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface), or your own "
-                        "faces: a COCO .json file or a YOLO folder (images/ + labels/)")
-    d.add_argument("--split", default="val", choices=["train", "val", "test"],
-                   help="split to run on (default val; WIDER FACE: val only; YOLO: images/<split> when present)")
-    d.add_argument("--max-size", type=int, default=None,
-                   help="downscale images whose longer side exceeds this before detecting (default: the detector's)")
-    d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="network precision with --weights (auto: bfloat16 where the device computes it "
-                        "in hardware, float32 elsewhere)")
-    d.add_argument("--device", default=None,
-                   help="where the network runs with --weights: cuda, cpu or cuda:N (default: cuda when available)")
+    add_weights(d, "weights name (default, released-resnet152), file or URL: run the detector over the images first")
+    add_max_size(d)
+    add_dtype(d, "network precision with --weights")
+    add_device(d, "the network (with --weights)")
     d.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="what runs the network with --weights: torch (default) or onnxruntime (CPU; --weights may "
                         "then be an .onnx file from dsfd export --outputs raw / --int8)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test as in the released DSFD evaluation (slow)")
-    u = p.add_argument_group("your own data (COCO / YOLO ground truth in --data)")
-    u.add_argument("--format", dest="data_format", choices=["auto", "wider", "coco", "yolo"], default="auto",
-                   help="annotation format of --data (auto: detected)")
-    u.add_argument("--images", type=Path, metavar="DIR",
-                   help="image folder of a COCO --data file (default: found next to it)")
-    u.add_argument("--category", action="append", metavar="NAME_OR_ID",
-                   help="COCO category / YOLO class scored as faces (repeatable; default: the only one, or 'face')")
-    u.add_argument("--strict", action="store_true", help="stop at the first bad annotation instead of skipping it")
-    u.add_argument("--coco-results", type=Path, metavar="FILE.json",
+    u = p.add_argument_group("data: WIDER FACE (default), or your own faces (COCO / YOLO ground truth)")
+    add_data(u, repeatable=False,
+             data_help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface), or your own "
+                       "faces: a COCO .json file or a YOLO folder (images/ + labels/)",
+             images_help="image folder of a COCO --data file (default: found next to it)",
+             category_help="COCO category / YOLO class scored as faces (repeatable; default: the only one, or "
+                           "'face')")
+    u.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split to run on (default val; WIDER FACE: val only; YOLO: images/<split> when present)")
+    u.add_argument("--coco-results", type=nonempty_path, metavar="FILE.json",
                    help="score these COCO-format detections (image ids as in coco_ground_truth.json) instead "
                         "of running --weights")
     f = p.add_argument_group("FDDB")
-    f.add_argument("--fddb-folds", type=Path, help="FDDB-folds folder (FDDB-fold-XX-ellipseList.txt)")
-    f.add_argument("--fddb-detections", type=Path, help="FDDB detection file, or folder of *.txt files")
+    f.add_argument("--fddb-folds", type=nonempty_path, help="FDDB-folds folder (FDDB-fold-XX-ellipseList.txt)")
+    f.add_argument("--fddb-detections", type=nonempty_path, help="FDDB detection file, or folder of *.txt files")
     f.add_argument("--fddb-det-format", choices=["rect", "ellipse"], default="rect",
                    help="detections as x y w h score (rect, default) or ra rb angle cx cy score")
-    f.add_argument("--fddb-images", type=Path, help="FDDB image root (originalPics); if given, regions are "
+    f.add_argument("--fddb-images", type=nonempty_path, help="FDDB image root (originalPics); if given, regions are "
                    "clipped to the image like the official tool")
-    p.add_argument("--out", type=Path, help="output folder (default: <predictions>_eval)")
+    p.add_argument("--out", type=nonempty_path, help="output folder (default: <predictions>_eval)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress(p, old_quiet=True)
     p.set_defaults(func=run)
     return p
 
@@ -114,13 +107,18 @@ def _load_detector(weights: str, accuracy_mode: bool, dtype: str = "auto", **opt
         raise RuntimeError(str(e)) from None
 
 
-def _backend(args) -> dict:
-    """``{"backend": ...}`` for ``--backend onnxruntime`` and ``{"device": ...}`` for ``--device``; nothing for the
-    defaults (the load_detector contract)."""
+def _detector_options(args) -> dict:
+    """The :class:`dsfd.Detector` options the shared flags set (``--backend``, ``--device``, ``--max-size``);
+    nothing for their defaults (the load_detector contract)."""
+    from ..cli_options import device_or_none
+
     backend = getattr(args, "backend", "torch")
     opts = {} if backend == "torch" else {"backend": backend}
-    if getattr(args, "device", None):
-        opts["device"] = args.device
+    device = device_or_none(getattr(args, "device", None))
+    if device is not None:
+        opts["device"] = device
+    if getattr(args, "max_size", None) is not None:
+        opts["max_size"] = args.max_size
     return opts
 
 
@@ -129,13 +127,14 @@ def _run_detector(args, gt, data_root: Path, pred_dir: Path) -> int:
 
     from ..io import ImageError, read_image, write_prediction_file
 
-    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **_backend(args))
-    if not args.quiet:
+    detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"),
+                              **_detector_options(args))
+    if args.progress:
         print(f"detector: {detector!r}", file=sys.stderr)
     image_root = data_root / f"WIDER_{args.split}" / "images"
     unreadable = []
     items = list(zip(gt.events, gt.names))
-    for event, name in tqdm(items, desc="detecting", unit="img", disable=args.quiet):
+    for event, name in tqdm(items, desc="detecting", unit="img", disable=not args.progress):
         try:
             img = read_image(image_root / event / f"{name}.jpg")
         except ImageError as e:
@@ -183,7 +182,7 @@ def _eval_wider(args) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_wider(pred_dir, gt, iou_threshold=args.iou, progress=not args.quiet)
+        result = evaluate_wider(pred_dir, gt, iou_threshold=args.iou, progress=args.progress)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     for problem in result.warnings:  # <file>:<line>: <problem>, every one
@@ -231,7 +230,7 @@ def _eval_fddb(args) -> int:
               f"(of {len(ann)} annotated)", file=sys.stderr)
     sizes = _image_sizes(args.fddb_images, names) if args.fddb_images is not None else None
     result = evaluate_fddb(ann, dets, args.fddb_det_format, image_sizes=sizes, image_list=names,
-                           progress=not args.quiet)
+                           progress=args.progress)
     det_path = args.fddb_detections.resolve()
     out_dir = args.out if args.out is not None else det_path.parent / f"{det_path.stem}_eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,18 +289,17 @@ def _eval_user_data(args, fmt: str) -> int:
               file=sys.stderr)
     detector = None
     if args.weights is not None:
-        opts = {} if args.max_size is None else {"max_size": args.max_size}
-        opts.update(_backend(args))
+        opts = _detector_options(args)
         try:
             detector = _load_detector(args.weights, args.accuracy_mode, getattr(args, "dtype", "auto"), **opts)
         except (RuntimeError, ValueError, FileNotFoundError) as e:
             return _error(str(e))
-        if not args.quiet:
+        if args.progress:
             print(f"detector: {detector!r}", file=sys.stderr)
     from tqdm import tqdm
 
     images, results, unreadable = [], [], []
-    for i in tqdm(range(len(ds)), desc="detecting" if detector else "reading", unit="img", disable=args.quiet):
+    for i in tqdm(range(len(ds)), desc="detecting" if detector else "reading", unit="img", disable=not args.progress):
         got = ds.read(i)
         if got is None:
             unreadable.append(str(ds.image_path(i)))
@@ -346,7 +344,7 @@ def _eval_user_data(args, fmt: str) -> int:
                     "weights": args.weights, "coco_results": str(args.coco_results) if args.coco_results else None,
                     "unreadable_images": len(unreadable), "bad_annotations": ds.root_counts[0].get("skipped", {})}
     result.to_json(out_dir / "coco_eval.json")
-    if not args.quiet:
+    if args.progress:
         print(result.summary.rstrip())
     print(result.table())
     if not args.no_plots and result.pr_curves:

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_options import nonempty_path, nonempty_text
 from ..constants import BACKBONES
 from ..postprocess import PostProcessConfig
 
@@ -44,9 +45,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="write a DSFD network as an ONNX file (dynamic batch / height / width; optional NMS)",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("out", type=Path, metavar="OUT.onnx", help="ONNX file to write")
+    p.add_argument("out", type=nonempty_path, metavar="OUT.onnx", help="ONNX file to write")
     m = p.add_argument_group("model")
-    m.add_argument("--weights", default=None,
+    m.add_argument("--weights", default=None, type=nonempty_text,
                    help="weights name (default, released-resnet152), checkpoint path or URL (default: default)")
     m.add_argument("--random", action="store_true",
                    help="export a randomly initialised --network/--backbone network instead (for speed tests)")
@@ -68,7 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     q = p.add_argument_group("int8 (ONNX Runtime static quantization, QDQ)")
     q.add_argument("--int8", action="store_true",
                    help="write the raw graph (loc, conf, anchors) in int8, calibrated on photos (implies --outputs raw)")
-    q.add_argument("--calibration", nargs="+", type=Path, metavar="PHOTO_OR_DIR", default=None,
+    q.add_argument("--calibration", nargs="+", type=nonempty_path, metavar="PHOTO_OR_DIR", default=None,
                    help="calibration photos / folders (default: 32 photos evenly spaced over the WIDER FACE "
                         "training images, <wider root>/WIDER_train/images; never the val photos)")
     q.add_argument("--calibration-count", type=int, default=None, metavar="N",
@@ -77,7 +78,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="how activation ranges are set (default: the measured recipe's, minmax)")
     v = p.add_argument_group("check")
     v.add_argument("--verify", action="store_true", help="run the file in ONNX Runtime and compare with PyTorch")
-    v.add_argument("--image", type=Path, default=None, help="photo for --verify (default: the packaged one)")
+    v.add_argument("--image", type=nonempty_path, default=None, help="photo for --verify (default: the packaged one)")
     p.set_defaults(func=run)
     return p
 

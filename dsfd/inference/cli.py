@@ -3,10 +3,10 @@
 Examples::
 
     dsfd detect photo.jpg --weights dsfd.pth                 # -> detections/photo.jpg + photo.json
-    dsfd detect WIDER_val/images --out preds --format wider  # -> preds/<event>/<name>.txt (+ drawings)
+    dsfd detect WIDER_val/images --out preds --output-format wider  # -> preds/<event>/<name>.txt (+ drawings)
     dsfd detect clip.mp4 --out out --batch-size 16           # -> out/clip.mp4 (annotated) + out/clip.jsonl
-    dsfd detect photos/ --out run --format coco --no-draw --resume            # continue a killed run
-    torchrun --nproc_per_node 8 -m dsfd detect photos/ --out run --format jsonl  # 8 ranks, one merged result
+    dsfd detect photos/ --out run --output-format coco --no-draw --resume            # continue a killed run
+    torchrun --nproc_per_node 8 -m dsfd detect photos/ --out run --output-format jsonl  # 8 ranks, one merged result
     dsfd detect party/ street.mp4 --out public --anonymize blur  # copies with every face blurred
 
 Inputs: image files, folders (searched recursively for image and video
@@ -18,7 +18,7 @@ keep their path relative to that folder.
 Per image: the annotated image (boxes with scores; with ``--anonymize
 blur|pixelate|box`` the faces hidden instead, see
 :mod:`dsfd.inference.anonymize`; none with ``--no-draw``) and,
-by ``--format``: ``<name>.json`` (``{"image", "width", "height",
+by ``--output-format``: ``<name>.json`` (``{"image", "width", "height",
 "detections": [{"box": [x1, y1, x2, y2], "score"}]}``), the WIDER FACE
 prediction file ``<name>.txt`` (``wider``), one line of the merged
 ``detections.jsonl`` (``jsonl``) or an entry of ``coco_results.json`` /
@@ -39,7 +39,7 @@ rank 0 merges.
 
 Thresholds: ``--score-threshold`` (0.01) is the detector's pre-NMS cut;
 ``--min-score`` is the cut for drawing and saving (default: the model's own threshold; for
-``--format wider`` everything is saved by default, as the evaluation needs).
+``--output-format wider`` everything is saved by default, as the evaluation needs).
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cli_options import (add_device, add_dtype, add_max_size, add_progress, add_weights, deprecated_alias,
+                           device_or_none, nonempty_path)
 from ..constants import BACKBONES, DISPLAY_SCORE
 from ..models.default_model import RANDOM_BACKBONE
 from ..postprocess import PostProcessConfig
@@ -71,11 +73,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="detect faces in images, folders and videos; write annotated copies and JSON / WIDER files",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or video files")
-    p.add_argument("--out", type=Path, default=Path("detections"), help="output folder (default: detections)")
+    p.add_argument("paths", nargs="+", type=nonempty_path, metavar="PATH",
+                   help="image files, folders (recursive) or video files")
+    p.add_argument("--out", type=nonempty_path, default=Path("detections"), help="output folder (default: detections)")
     m = p.add_argument_group("model")
-    m.add_argument("--weights", help="weights name (default, released-resnet152; downloaded once into torch's "
-                   "hub cache), checkpoint path or URL (default: the packaged default model)")
+    add_weights(m, "weights name (default, released-resnet152; downloaded once into torch's hub cache), checkpoint "
+                   "path or URL (default: the packaged default model)")
     m.add_argument("--network", choices=["paper", "released"], help="architecture (detected from --weights; "
                    "with --random default paper)")
     m.add_argument("--backbone", choices=list(BACKBONES),
@@ -83,10 +86,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     m.add_argument("--random", action="store_true",
                    help="run a randomly initialised --network / --backbone network (speed and smoke tests; its "
                         "boxes mean nothing); without --weights or --random, --network / --backbone are an error")
-    m.add_argument("--device", default=None, help="cuda, cpu or cuda:N (default: cuda when available)")
-    m.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                   help="network precision (auto: bfloat16 on CUDA and on CPUs with bf16 in hardware, "
-                        "float32 elsewhere; float16: CUDA only)")
+    add_device(m)
+    add_dtype(m)
     m.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
                    help="what runs the network: torch (default) or onnxruntime (CPU; PyTorch weights are exported "
                         "once, or --weights is an .onnx file from dsfd export --outputs raw / --int8; the same "
@@ -95,18 +96,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     PostProcessConfig.add_arguments(d)
     d.add_argument("--min-score", type=float, default=None,
                    help=f"drawing / saving threshold (default: the model's own, stored with its weights and chosen from "
-                        f"its PR curve; {DISPLAY_SCORE} for weights without one; --format wider saves all by default; "
+                        f"its PR curve; {DISPLAY_SCORE} for weights without one; --output-format wider saves all by default; "
                         f"with --anonymize: the model's hiding threshold hide_score, chosen for recall)")
     d.add_argument("--accuracy-mode", action="store_true",
                    help="multi-scale + flip test of the released WIDER protocol (~11 passes per image, slow)")
     d.add_argument("--batch-size", type=int, default=4,
                    help="images (or video frames) per forward pass, grouped by similar size (4)")
-    d.add_argument("--max-size", type=int, default=None,
-                   help="downscale images whose longer side exceeds this (default 4096; at least 32)")
+    add_max_size(d)
     o = p.add_argument_group("output")
-    o.add_argument("--format", choices=list(FORMATS), default="json",
+    o.add_argument("--output-format", dest="output_format", choices=list(FORMATS), default="json",
                    help="json: <name>.json per image; wider: WIDER FACE .txt files; jsonl: one merged "
                         "detections.jsonl; coco: coco_results.json + coco_images.json (default json)")
+    o.add_argument("--format", dest="output_format", choices=list(FORMATS),
+                   action=deprecated_alias("--output-format"))
     o.add_argument("--no-draw", action="store_true", help="do not write annotated images / videos")
     o.add_argument("--anonymize", choices=list(ANONYMIZE_METHODS), default=None,
                    help="write copies of the photos / videos with every kept face hidden (blurred, pixelated or "
@@ -120,7 +122,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"videos: a face stays hidden S seconds after the detector last saw it, and boxes between "
                         f"two detections of a face up to S apart are interpolated (an IoU tracker; frames wait "
                         f"S seconds in a buffer); 0: each frame alone (default {HOLD_SECONDS})")
-    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress(o, old_quiet=True)
     r = p.add_argument_group("large runs")
     r.add_argument("--workers", type=int, default=None,
                    help="image / video decoding processes (0: in the main one; default 2 on GPUs, 0 on the CPU, "
@@ -165,8 +167,8 @@ def _resume_command(args: argparse.Namespace) -> str:
             rest += ["--anonymize", args.anonymize]
         if args.no_draw:
             rest.append("--no-draw")
-        if args.format != "json":
-            rest += ["--format", args.format]
+        if args.output_format != "json":
+            rest += ["--output-format", args.output_format]
     if "--resume" not in rest:
         rest.append("--resume")
     return "dsfd detect " + shlex.join(rest)
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
         return _error("no image or video inputs found")
-    device = _device_for(info, args.device)
+    device = _device_for(info, device_or_none(args.device))
     group = False
     if info.distributed:
         import torch
@@ -277,12 +279,12 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
                         "hide_score (the model's hiding threshold)" if args.anonymize and own_hide else
                         "display_score (these weights store no hiding threshold; their drawing threshold)"
                         if args.anonymize else "display_score (the model's drawing threshold)")
-    fmt_default = 0.0 if args.format == "wider" else display
+    fmt_default = 0.0 if args.output_format == "wider" else display
     opts = RunOptions(
-        out=args.out, format=args.format, draw=not args.no_draw,
+        out=args.out, format=args.output_format, draw=not args.no_draw,
         save_min=fmt_default if args.min_score is None else args.min_score,
         draw_min=display if args.min_score is None else args.min_score,
-        batch_size=args.batch_size, resume=args.resume, progress=not args.quiet,
+        batch_size=args.batch_size, resume=args.resume, progress=args.progress,
         anonymize=args.anonymize, margin=args.anonymize_margin, hold=args.anonymize_hold,
         # measured on a 2-core CPU: 2 workers gave 0.86x the images/s of none (benchmarks/detect_pipeline.py)
         workers=args.workers if args.workers is not None else (2 if detector.device.type == "cuda" else 0),

@@ -1,6 +1,6 @@
 """What ``dsfd detect`` writes for each input: detection files, and one picture per photo or video.
 
-* **Detection files** (``--format``): ``json`` (one ``<name>.json`` per
+* **Detection files** (``--output-format``): ``json`` (one ``<name>.json`` per
   photo), ``wider`` (one WIDER prediction ``<name>.txt`` per photo), ``jsonl``
   (one ``detections.jsonl`` for the run) or ``coco`` (``coco_images.json`` +
   ``coco_results.json`` for the run); videos always get ``<name>.jsonl``, one
@@ -52,7 +52,7 @@ __all__ = [
     "write_run_files",
 ]
 
-#: Detection file formats (``--format``).
+#: Detection file formats (``--output-format``).
 FORMATS: Tuple[str, ...] = ("json", "wider", "jsonl", "coco")
 #: What the per-input picture shows: boxes drawn, or the faces hidden in one of the anonymisation methods.
 PICTURES: Tuple[str, ...] = ("boxes",) + ANONYMIZE_METHODS

@@ -27,7 +27,7 @@ pad a portrait photo to a landscape canvas). Video frames are decoded in a
 worker process too and batched in order; memory stays flat over any length
 (bounded queues, nothing accumulated per frame).
 
-Outputs (``--format``): ``json`` (one ``<name>.json`` per image), ``wider``
+Outputs (``--output-format``): ``json`` (one ``<name>.json`` per image), ``wider``
 (WIDER FACE prediction files), ``jsonl`` (the merged journal
 ``detections.jsonl``, one line per image) and ``coco`` (``coco_results.json``:
 ``[{image_id, category_id: 1, bbox: [x, y, w, h], score}]`` with

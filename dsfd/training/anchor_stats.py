@@ -28,11 +28,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..cli_options import add_device, add_progress, deprecated_alias, nonempty_path
 
 __all__ = ["SCALE_EDGES", "AUGMENTATIONS", "FaceMatches", "match_faces", "anchor_stats", "add_parser", "run"]
 
@@ -97,9 +99,9 @@ def match_faces(anchors: Tensor, boxes: Tensor, criterion: Any) -> np.ndarray:
         criterion: a :class:`dsfd.losses.MultiBoxLoss` (its matching settings are used).
     """
     g = boxes.shape[0]
-    labels, matched, _ = criterion.match(anchors, boxes[None], torch.tensor([g]))
+    labels, matched, _ = criterion.match(anchors, boxes[None], torch.tensor([g], device=boxes.device))
     pos = labels[0] > 0
-    return torch.bincount(matched[0][pos], minlength=g)[:g].numpy()
+    return torch.bincount(matched[0][pos], minlength=g)[:g].cpu().numpy()
 
 
 def anchor_stats(
@@ -111,6 +113,7 @@ def anchor_stats(
     seed: int = 0,
     images: int = 0,
     progress: bool = True,
+    device: Union[str, torch.device] = "cpu",
 ) -> Dict[str, Any]:
     """Matched-anchor statistics of a :class:`dsfd.data.WiderFaceDataset` without a transform.
 
@@ -126,7 +129,7 @@ def anchor_stats(
         raise ValueError(f"shot must be 'first' or 'second', got {shot!r}")
     sizes = SECOND_SHOT_SIZES if shot == "second" else FIRST_SHOT_SIZES
     feature_sizes = [(math.ceil(size / s), math.ceil(size / s)) for s in STEPS]
-    anchors = generate_anchors((size, size), feature_sizes, sizes, STEPS)
+    anchors = generate_anchors((size, size), feature_sizes, sizes, STEPS).to(device)
     corners = ops.reference.anchors_to_corners(anchors)
     criteria = {m: MultiBoxLoss(matching=m) for m in matchings}
     transforms = {
@@ -155,7 +158,8 @@ def anchor_stats(
                 if b.shape[0] == 0:
                     continue
                 scale = (torch.sqrt((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)) * size).numpy()
-                best = ops.box_iou(b, corners).amax(1).numpy()
+                b = b.to(device)
+                best = ops.box_iou(b, corners).amax(1).cpu().numpy()
                 for m, crit in criteria.items():
                     results[f"{a}/{m}"].add(scale, match_faces(anchors, b, crit), best)
     settings = {key: fm.summary(criteria[key.split("/")[1]].iou_threshold) for key, fm in results.items()}
@@ -171,6 +175,7 @@ def anchor_stats(
         "matchings": {m: {"iou_threshold": c.iou_threshold, "compensation": c.compensation} for m, c in criteria.items()},
         "scale_buckets": _bucket_names(),
         "seconds": round(time.time() - t0, 1),
+        "device": str(device),
         "settings": settings,
     }
 
@@ -219,19 +224,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", action="append", default=None,
+    p.add_argument("--data", type=nonempty_path, action="append", default=None, metavar="ROOT",
                    help="WIDER-layout root(s) whose train split is measured (repeatable; default: the WIDER root)")
     p.add_argument("--size", type=int, default=640, help="network input side (640)")
     p.add_argument("--samples", type=int, default=1, help="augmented samples per image (1)")
-    p.add_argument("--images", type=int, default=0, help="use only the first N images (0: all)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (0: all)")
+    p.add_argument("--images", dest="max_images", type=int, action=deprecated_alias("--max-images"))
     p.add_argument("--matching", nargs="+", default=["iam", "s3fd", "ssd"], choices=["iam", "s3fd", "ssd"],
                    help="matching presets to compare")
     p.add_argument("--shot", choices=["first", "second"], default="second",
                    help="anchors of this shot (second: 16..512 px, the test-time shot)")
     p.add_argument("--min-face", type=float, default=1.0, help="drop annotated faces smaller than this (px)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/anchors", help="output folder")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_device(p, "the matching")
+    p.add_argument("--out", type=nonempty_path, default=Path("runs/anchors"), help="output folder")
+    add_progress(p)
     p.set_defaults(func=run)
     return p
 
@@ -247,7 +254,13 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise SystemExit("dsfd anchors: --samples must be >= 1")
     ds = WiderFaceDataset(roots if len(roots) > 1 else roots[0], "train", transform=None, min_face=args.min_face)
-    stats = anchor_stats(ds, args.size, args.samples, args.matching, args.shot, args.seed, args.images, args.progress)
+    from ..cli_options import device_or_none
+
+    device = torch.device(device_or_none(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"dsfd anchors: --device {args.device} requested but CUDA is not available")
+    stats = anchor_stats(ds, args.size, args.samples, args.matching, args.shot, args.seed, args.max_images,
+                         args.progress, device=device)
     stats["data"] = [str(r) for r in roots]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

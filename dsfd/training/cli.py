@@ -15,7 +15,7 @@ Examples::
 
     # mix several WIDER-layout roots; bf16 autocast on a CPU with bf16 in hardware
     dsfd train --backbone lite --fem-norm --data ../shared/data/widerface \
-        --data ../shared/data/widerface_extra --amp bf16 --device cpu --out runs/lite
+        --data ../shared/data/widerface_extra --dtype bfloat16 --device cpu --out runs/lite
 
     # CPU smoke run with the tiny network
     dsfd train --backbone tiny --size 160 --batch-size 4 --iters 50 --workers 0 --out /tmp/tiny
@@ -34,10 +34,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import List
 
+from ..cli_options import (AMP_OF_DTYPE, add_data, add_device, add_dtype, add_progress, add_weights,
+                           deprecated_alias, nonempty_path, nonempty_text)
 from ..constants import BACKBONES
 from .config import TrainConfig
+
+#: The old ``--amp`` values, for its deprecation alias.
+DTYPE_OF_AMP = {amp: dtype for dtype, amp in AMP_OF_DTYPE.items()}
 
 __all__ = ["add_parser", "run", "config_from_args"]
 
@@ -59,17 +65,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", action="append", metavar="ROOT",
-                   help="a WIDER FACE folder, a COCO .json file or a YOLO folder (images/ + labels/); repeat to "
-                        "mix several roots of any formats (default $DSFD_WIDER_ROOT or ../shared/data/widerface)")
-    g.add_argument("--format", dest="data_format", choices=["auto", "wider", "coco", "yolo"], default=d.data_format,
-                   help="annotation format of every --data (auto: detected per root)")
-    g.add_argument("--images", metavar="DIR", help="image folder of a COCO --data file (default: found next to it)")
-    g.add_argument("--category", action="append", metavar="NAME_OR_ID",
-                   help="COCO category / YOLO class read as faces (repeatable; default: the only one, "
-                        "or the one named 'face')")
-    g.add_argument("--strict", action="store_true",
-                   help="stop at the first bad annotation (COCO / YOLO) instead of skipping and counting it")
+    add_data(g, repeatable=True,
+             data_help="a WIDER FACE folder, a COCO .json file or a YOLO folder (images/ + labels/); repeat to mix "
+                       "several roots of any formats (default $DSFD_WIDER_ROOT or ../shared/data/widerface)",
+             images_help="image folder of a COCO --data file (default: found next to it)",
+             category_help="COCO category / YOLO class read as faces (repeatable; default: the only one, or the "
+                           "one named 'face')")
     g.add_argument("--size", type=int, default=d.size, help="square training input side")
     g.add_argument("--augment", choices=["full", "none"], default=d.augment,
                    help="full: photometric + data-anchor-sampling/SSD crops + flip; none: resize only")
@@ -81,15 +82,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--backbone", default=None, choices=list(BACKBONES),
                    help="backbone of a fresh network (default resnet50); with --weights: the checkpoint's")
     m.add_argument("--width-mult", type=float, default=None, help="backbone width multiplier (default 1, tiny 1/8)")
-    m.add_argument("--backbone-weights", "--pretrained", dest="backbone_weights", help="pretrained backbone weights: a torchvision-format ImageNet state_dict (ResNet, VGG16), a RetinaFace MobileNet-0.25 checkpoint (mobilenet0.25), imagenet or a torchvision file (mobilenetv2)")
+    m.add_argument("--backbone-weights", "--pretrained", dest="backbone_weights", type=nonempty_text, help="pretrained backbone weights: a torchvision-format ImageNet state_dict (ResNet, VGG16), a RetinaFace MobileNet-0.25 checkpoint (mobilenet0.25), imagenet or a torchvision file (mobilenetv2)")
     m.add_argument("--fem-norm", action="store_true",
                    help="BatchNorm after every FEM conv (training from scratch; folded away on export)")
-    m.add_argument("--weights", dest="init_weights",
-                   help="fine-tune these DSFD weights (name such as default, file or URL): the whole network, "
-                        "architecture taken from the checkpoint; not a resume")
+    add_weights(m, "fine-tune these DSFD weights (name such as default, file or URL): the whole network, "
+                   "architecture taken from the checkpoint; not a resume", dest="init_weights")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="keep the backbone fixed (parameters and BatchNorm statistics): fine-tuning on few images")
-    m.add_argument("--init-backbone",
+    m.add_argument("--init-backbone", type=nonempty_text,
                    help="initialise only the backbone from these DSFD weights (FEM and heads start fresh)")
     m.add_argument("--bn", choices=["train", "frozen", "sync"], default=d.bn,
                    help="BatchNorm: batch statistics per rank, frozen (statistics and affine), or SyncBatchNorm")
@@ -133,17 +133,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--warmup-factor", type=float, default=d.warmup_factor, help="lr factor at the first iteration")
     o.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
     r = p.add_argument_group("runtime")
-    r.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N (torchrun: cuda:LOCAL_RANK)")
-    r.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default=d.amp,
-                   help="mixed precision (auto: bf16 on CUDA and on CPUs with bf16 in hardware, e.g. "
-                        "AVX-512 BF16 / AMX; none elsewhere; fp16 uses a GradScaler, CUDA only)")
+    add_device(r, "training")
+    add_dtype(r, "autocast precision of the forward pass (weights and optimiser stay float32; float16 adds a "
+                 "GradScaler)")
+    r.add_argument("--amp", dest="dtype", choices=list(AMP_OF_DTYPE.values()),
+                   action=deprecated_alias("--dtype", convert=DTYPE_OF_AMP.__getitem__))
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on with CUDA and with CPU bf16)")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms, no cuDNN autotuning")
     r.add_argument("--seed", type=int, default=d.seed, help="initialisation, data order and augmentation")
     c = p.add_argument_group("output")
-    c.add_argument("--out", default=d.out, help="output folder")
-    c.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH|auto",
+    c.add_argument("--out", type=nonempty_path, default=Path(d.out), help="output folder")
+    c.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH|auto", type=nonempty_text,
                    help="continue from a checkpoint (auto / no value: <out>/last.pt when present)")
     c.add_argument("--val-every", type=int, default=d.val_every, help="validation loss every N iterations (0: off)")
     c.add_argument("--val-images", type=int, default=d.val_images, help="validate on the first N val images (0: all)")
@@ -152,7 +153,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--log-every", type=int, default=d.log_every, help="log / progress interval (iterations)")
     c.add_argument("--stop-at", type=int, default=None,
                    help="stop at this iteration, saving a checkpoint as if interrupted (time-limited jobs)")
-    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress(c)
     p.set_defaults(func=run)
     return p
 
@@ -160,18 +161,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``dsfd train`` arguments."""
     data = args.data
-    if isinstance(data, list) and len(data) == 1:
-        data = data[0]
+    if isinstance(data, list):  # the config stores plain strings (it is written into checkpoints as JSON)
+        data = [str(d) for d in data]
+        if len(data) == 1:
+            data = data[0]
+    dtype = getattr(args, "dtype", None)
+    amp = AMP_OF_DTYPE[dtype] if dtype is not None else args.amp  # namespaces built by older callers: amp
     return TrainConfig(
-        data=data, data_format=args.data_format, images=args.images, category=args.category, strict=args.strict,
-        out=args.out, network=args.network, backbone=args.backbone, width_mult=args.width_mult,
+        data=data, data_format=args.data_format,
+        images=None if args.images is None else str(args.images), category=args.category, strict=args.strict,
+        out=str(args.out), network=args.network, backbone=args.backbone, width_mult=args.width_mult,
         backbone_weights=args.backbone_weights, fem_norm=args.fem_norm, init_weights=args.init_weights,
         init_backbone=args.init_backbone, freeze_backbone=args.freeze_backbone,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,
         warmup_iters=args.warmup_iters, warmup_factor=args.warmup_factor, size=args.size, augment=args.augment,
         train_images=args.train_images, min_face=args.min_face, workers=args.workers, device=args.device,
-        amp=args.amp, channels_last=args.channels_last, bn=args.bn, lambda_=args.lambda_,
+        amp=amp, channels_last=args.channels_last, bn=args.bn, lambda_=args.lambda_,
         fem=args.fem and not args.fssd, pal=args.pal and not args.fssd, anchor_aspect=args.anchor_aspect,
         das_prob=args.das_prob, matching=args.matching, match_iou=args.match_iou,
         ignore_iou=args.ignore_iou, min_negatives=args.min_negatives, crop_scale=tuple(args.crop_scale),
