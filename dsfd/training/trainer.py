@@ -38,31 +38,30 @@ import inspect
 import json
 import logging
 import math
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import (
-    EvalTransform,
-    TrainTransform,
-    build_dataset,
-    collate_detection,
-    collate_ignore_regions,
-    detect_format,
-    has_split,
-    worker_init_fn,
-)
-from ..data_paths import wider_root
+from ..data import collate_detection, collate_ignore_regions
 from ..losses import ProgressiveAnchorLoss
 from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
 from .config import TrainConfig, WarmupMultiStep
+from .data_setup import (
+    IndexSubset,
+    build_train_dataset,
+    build_val_dataset,
+    data_counts,
+    fork_safe_iter,
+    make_loader,
+    report_training_data,
+    training_worker_init_fn,
+)
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, pal_loss
 from .model_setup import build_training_model, calibrate_fem_norms, to_sync_batchnorm
 from .runtime import Runtime, StopSignal, deterministic_algorithms, seed_everything
@@ -82,60 +81,6 @@ LOG_KEYS: Tuple[str, ...] = (
     "first_num_pos",
     "second_num_pos",
 )
-
-
-class IndexSubset(Dataset):
-    """A subset of a dataset that forwards ``(index, epoch)`` items (unlike ``torch.utils.data.Subset``).
-
-    Item ``i`` (or ``(i, epoch)``) is ``base[indices[i]]`` (or
-    ``base[(indices[i], epoch)]``), so the augmentation stream of an image is
-    the same as in the full dataset.
-    """
-
-    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
-        self.base = base
-        self.indices = [int(i) for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> Any:
-        if isinstance(item, (tuple, list)):
-            return self.base[(self.indices[int(item[0])], int(item[1]))]
-        return self.base[self.indices[int(item)]]
-
-
-def training_worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: :func:`dsfd.data.worker_init_fn` and ignore SIGINT / SIGTERM.
-
-    Ctrl-C reaches the whole process group; the workers must survive it so
-    the main process can finish its iteration and write the checkpoint.
-    """
-    worker_init_fn(worker_id)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def fork_safe_iter(loader: DataLoader) -> Iterator[Any]:
-    """``iter(loader)``, quiescing OpenCV's thread pool while the workers are forked.
-
-    A process that has run multi-threaded OpenCV code and then forks
-    DataLoader workers leaves the pool's condition variables "in use" in
-    the children, where the first ``cv2.setNumThreads`` (done by
-    :func:`dsfd.data.worker_init_fn`) or parallel cv2 call then blocks
-    forever. Dropping the parent's pool to one thread before the fork (and
-    restoring it afterwards) avoids that.
-    """
-    if loader.num_workers == 0:
-        return iter(loader)
-    import cv2
-
-    n = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        return iter(loader)
-    finally:
-        cv2.setNumThreads(n)
 
 
 class Trainer:
@@ -205,10 +150,10 @@ class Trainer:
         self.resumed_from: Optional[Path] = None
 
         # --- data -------------------------------------------------------------
-        self.train_dataset = train_dataset if train_dataset is not None else self._build_train_dataset()
+        self.train_dataset = train_dataset if train_dataset is not None else build_train_dataset(cfg)
         self.val_dataset = val_dataset
         if self.val_dataset is None and cfg.val_every > 0:
-            self.val_dataset = self._build_val_dataset()
+            self.val_dataset = build_val_dataset(cfg)
         self.sampler_probe = ShardedBatchSampler(
             len(self.train_dataset), cfg.batch_size, self.info.rank, self.info.world_size, cfg.seed
         )
@@ -243,67 +188,6 @@ class Trainer:
         self._set_train_mode()
 
     # ------------------------------------------------------------------ setup helpers
-    def _data_roots(self) -> List[Path]:
-        return [Path(r) for r in self.cfg.data_roots()] or [wider_root()]
-
-    def _data_options(self) -> Dict[str, Any]:
-        cfg = self.cfg
-        return dict(format=cfg.data_format, images=cfg.images, category=cfg.category, min_face=cfg.min_face,
-                    seed=cfg.seed, strict=cfg.strict)
-
-    def _build_train_dataset(self) -> Dataset:
-        cfg = self.cfg
-        tf = (
-            TrainTransform(size=cfg.size, das_prob=cfg.das_prob, crop_scale=cfg.crop_scale)
-            if cfg.augment == "full"
-            else EvalTransform(size=cfg.size)
-        )
-        # any mix of WIDER / COCO / YOLO roots, one sample format (dsfd.data.build_dataset)
-        ds = build_dataset(self._data_roots(), "train", transform=tf, **self._data_options())
-        sel = cfg.train_images
-        if isinstance(sel, (list, tuple)):
-            return IndexSubset(ds, sel)
-        if sel and int(sel) < len(ds):
-            return IndexSubset(ds, range(int(sel)))
-        return ds
-
-    def _build_val_dataset(self) -> Optional[Dataset]:
-        # the val split of the first root that has one (extra roots laid out
-        # as a training split have none; a COCO file is one split)
-        for root in self._data_roots():
-            if has_split(root, "val", self.cfg.data_format):
-                opts = {**self._data_options(), "images": None}  # --images belongs to a COCO file
-                if (detect_format(root) if self.cfg.data_format == "auto" else self.cfg.data_format) == "wider":
-                    opts["category"] = None  # WIDER has only faces
-                return build_dataset(root, "val", transform=EvalTransform(size=self.cfg.size), **opts)
-        log.warning("no validation split under %s: validation disabled", [str(r) for r in self._data_roots()])
-        return None
-
-    def data_counts(self) -> List[Dict[str, Any]]:
-        """Images and kept boxes per training data root (also in the log and checkpoints).
-
-        COCO and YOLO roots add ``format`` and ``skipped`` (bad annotations per reason).
-        """
-        ds = self.train_dataset
-        base = ds.base if isinstance(ds, IndexSubset) else ds
-        counts = getattr(base, "root_counts", None)
-        if counts is None:
-            return [{"root": "custom dataset", "images": len(ds), "boxes": None}]
-        return [dict(c) for c in counts]
-
-    def _write_data_problems(self) -> Optional[Path]:
-        """``<out>/data_problems.txt``: every bad annotation skipped (``location: reason: detail``), if any."""
-        ds = self.train_dataset
-        base = ds.base if isinstance(ds, IndexSubset) else ds
-        problems = list(getattr(base, "problems", []))
-        if not problems or not self.info.is_main:
-            return None
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "data_problems.txt"
-        path.write_text("".join(f"{p}\n" for p in problems), encoding="utf-8")
-        log.warning("%d bad annotation(s) skipped, listed in %s", len(problems), path)
-        return path
-
     def _set_train_mode(self) -> None:
         self.model.train()
         for m in self.frozen_bn:
@@ -311,17 +195,11 @@ class Trainer:
 
     def make_loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
         """The DataLoader the trainer uses (workers, pinning, collate, worker init); ``kw`` go to DataLoader."""
-        workers = int(self.cfg.workers)
-        return DataLoader(
-            dataset,
-            num_workers=workers,
-            collate_fn=collate_detection,
-            worker_init_fn=training_worker_init_fn if workers else None,
-            pin_memory=self.device.type == "cuda",
-            # own generator: creating loaders never touches the global torch RNG
-            generator=torch.Generator().manual_seed(self.cfg.seed),
-            **kw,
-        )
+        return make_loader(dataset, self.cfg, self.device, **kw)
+
+    def data_counts(self) -> List[Dict[str, Any]]:
+        """Images and kept boxes per training data root (also in the log and checkpoints)."""
+        return data_counts(self.train_dataset)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
@@ -505,11 +383,7 @@ class Trainer:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         })
         if info.is_main:
-            for c in self.data_counts():
-                skipped = c.get("skipped")
-                tail = f"; bad annotations skipped: {skipped}" if skipped else ""
-                log.info("training data: %s: %s images, %s boxes%s", c["root"], c["images"], c["boxes"], tail)
-            self._write_data_problems()
+            report_training_data(self.train_dataset, self.out)
         pbar = None
         if cfg.progress and info.is_main:
             from tqdm.auto import tqdm
