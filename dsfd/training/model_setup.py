@@ -11,19 +11,33 @@
 * ``init_backbone``: only the backbone from a DSFD checkpoint;
 * ``freeze_backbone``: the backbone's parameters fixed and its BatchNorms
   in eval mode (fine-tuning on few images).
+
+:func:`place_training_model` then puts it on the run's device (memory
+format, SyncBatchNorm under ``--bn sync``) and :func:`wrap_ddp` wraps it for
+DistributedDataParallel once the resumed weights are in.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import inspect
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..models import build_model, checkpoint_architecture, load_state_dict_checked, load_weights
 from .config import TrainConfig
+from .runtime import Runtime
 
-__all__ = ["DEFAULT_BACKBONE", "build_training_model", "freeze_module", "architecture_conflicts"]
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "build_training_model",
+    "place_training_model",
+    "set_train_mode",
+    "wrap_ddp",
+    "freeze_module",
+    "architecture_conflicts",
+]
 
 #: Backbone of a run from scratch without ``--backbone``.
 DEFAULT_BACKBONE = "resnet50"
@@ -135,6 +149,50 @@ def to_sync_batchnorm(model: nn.Module, frozen: List[nn.Module]) -> Tuple[nn.Mod
     model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     modules = dict(model.named_modules())
     return model, [modules[n] for n in frozen_names]
+
+
+def place_training_model(
+    model: nn.Module, frozen: List[nn.Module], cfg: TrainConfig, runtime: Runtime
+) -> Tuple[nn.Module, List[nn.Module]]:
+    """``(model, frozen)`` on the run's device and memory format, with SyncBatchNorm under ``--bn sync`` and DDP."""
+    model.to(runtime.device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.bn == "sync" and runtime.info.distributed:
+        if runtime.device.type != "cuda":
+            raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        model, frozen = to_sync_batchnorm(model, frozen)
+    return model, frozen
+
+
+def set_train_mode(model: nn.Module, frozen: Sequence[nn.Module]) -> None:
+    """Train mode, but the frozen BatchNorms stay in eval mode (their running statistics are fixed)."""
+    model.train()
+    for m in frozen:
+        m.eval()
+
+
+def wrap_ddp(model: nn.Module, cfg: TrainConfig, runtime: Runtime) -> nn.Module:
+    """``model`` in DistributedDataParallel (the model itself when not distributed).
+
+    Called after loading a checkpoint: DDP broadcasts rank 0's weights at
+    construction.
+    """
+    if not runtime.info.distributed:
+        return model
+    ddp_cls = nn.parallel.DistributedDataParallel
+    # frozen BatchNorm: nothing to keep in sync after the initial broadcast
+    sync = cfg.bn != "frozen"
+    sync_kw = ({"forward_sync_buffers": sync}
+               if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
+               else {"broadcast_buffers": sync})
+    device = runtime.device
+    return ddp_cls(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        **sync_kw,
+    )
 
 
 def _fem_norms(model: nn.Module) -> List[nn.BatchNorm2d]:

@@ -34,7 +34,6 @@ it will be used.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -51,7 +50,7 @@ from ..data import collate_detection, collate_ignore_regions
 from ..losses import ProgressiveAnchorLoss
 from ..models.weights import load_state_dict_checked
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
-from .config import TrainConfig, WarmupMultiStep
+from .config import TrainConfig
 from .data_setup import (
     IndexSubset,
     build_train_dataset,
@@ -63,7 +62,8 @@ from .data_setup import (
     training_worker_init_fn,
 )
 from .distributed import DistInfo, ShardedBatchSampler, all_reduce_sum, any_rank, pal_loss
-from .model_setup import build_training_model, calibrate_fem_norms, to_sync_batchnorm
+from .model_setup import build_training_model, calibrate_fem_norms, place_training_model, set_train_mode, wrap_ddp
+from .optimization import Optimization
 from .runtime import Runtime, StopSignal, deterministic_algorithms, seed_everything
 from .runtime import amp_dtype as _amp_dtype  # noqa: F401  (tests/test_training.py imports it from here)
 
@@ -124,28 +124,15 @@ class Trainer:
         # fresh, or the whole network of --weights with the checkpoint's architecture
         # (dsfd.training.model_setup); frozen: the BatchNorms kept in eval mode
         seed_everything(cfg.seed)
-        model, self.frozen_bn = build_training_model(cfg)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if cfg.bn == "sync" and self.info.distributed:
-            if self.device.type != "cuda":
-                raise ValueError("--bn sync needs CUDA devices (SyncBatchNorm has no CPU implementation)")
-            model, self.frozen_bn = to_sync_batchnorm(model, self.frozen_bn)
+        model, self.frozen_bn = place_training_model(*build_training_model(cfg), cfg, self.runtime)
         self.model = model
         self.criterion = ProgressiveAnchorLoss(
             lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou,
             ignore_iou=cfg.ignore_iou or None, min_negatives=cfg.min_negatives,
         )
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            self.params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        self.schedule = WarmupMultiStep(
-            cfg.resolved_lr_steps(), cfg.lr_gamma, cfg.resolved_warmup_iters(), cfg.warmup_factor
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.optimization = opt = Optimization.from_config(cfg, model, self.runtime)
+        self.params, self.optimizer, self.schedule, self.scheduler, self.scaler = (
+            opt.params, opt.optimizer, opt.schedule, opt.scheduler, opt.scaler)
         self.iteration = 0
         self.resumed_from: Optional[Path] = None
 
@@ -170,28 +157,12 @@ class Trainer:
         if ckpt_path is not None:
             self._load(ckpt_path)
 
-        if self.info.distributed:
-            ddp_cls = nn.parallel.DistributedDataParallel
-            # frozen BatchNorm: nothing to keep in sync after the initial broadcast
-            sync = cfg.bn != "frozen"
-            sync_kw = ({"forward_sync_buffers": sync}
-                       if "forward_sync_buffers" in inspect.signature(ddp_cls.__init__).parameters
-                       else {"broadcast_buffers": sync})
-            self.ddp_model: nn.Module = ddp_cls(
-                model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-                **sync_kw,
-            )
-        else:
-            self.ddp_model = model
+        self.ddp_model: nn.Module = wrap_ddp(model, cfg, self.runtime)
         self._set_train_mode()
 
     # ------------------------------------------------------------------ setup helpers
     def _set_train_mode(self) -> None:
-        self.model.train()
-        for m in self.frozen_bn:
-            m.eval()
+        set_train_mode(self.model, self.frozen_bn)
 
     def make_loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
         """The DataLoader the trainer uses (workers, pinning, collate, worker init); ``kw`` go to DataLoader."""
@@ -304,14 +275,7 @@ class Trainer:
     def train_step(self, batch: Sequence[Any]) -> Dict[str, Tensor]:
         """One optimizer step; returns the detached loss parts (this rank's contributions)."""
         loss, parts = self.forward_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        self.optimization.step(loss)
         return parts
 
     @torch.no_grad()
