@@ -12,9 +12,9 @@ and compares them bit for bit:
 3. this checkout's code from scratch to n.
 
 Every logged train / val record (losses, lr) of 2 and 3 must equal the old
-run's, and every kept checkpoint must hold the same keys, types and values
-(model, optimizer, scheduler, RNG states, data position; ``args`` apart from
-``out`` / ``resume``)::
+run's, and every kept checkpoint, ``last.pt`` and ``final.pt`` must hold
+the same keys, types and values (model, optimizer, scheduler, RNG states,
+data position; ``args`` apart from ``out`` / ``resume``)::
 
     python scripts/check_resume_across_versions.py --old /tmp/trainer_old --k 3 --n 7
 
@@ -106,13 +106,12 @@ def compare_runs(ref: Path, got: Path, iters: range, label: str) -> List[str]:
     for key in keys:
         if have.get(key) != want[key]:
             problems.append(f"{label}: log {key}: {have.get(key)} vs {want[key]}")
-    for it in iters:
-        a = load_checkpoint(ref / f"iter_{it:07d}.pt")
-        b = load_checkpoint(got / f"iter_{it:07d}.pt")
+    for name in [f"iter_{it:07d}.pt" for it in iters] + ["last.pt", "final.pt"]:
+        a, b = load_checkpoint(ref / name), load_checkpoint(got / name)
         for d in (a, b):
             for k in ("out", "resume"):
                 d["args"].pop(k)
-        problems += [f"{label}: iter_{it:07d}.pt{d}" for d in differences(a, b)]
+        problems += [f"{label}: {name}{d}" for d in differences(a, b)]
     return problems
 
 
@@ -140,7 +139,7 @@ def main(argv: List[str] = None) -> int:
         print(line)
     n_log = len([k for k in records(old) if k[1] > a.k])
     print(f"{'DIFFERENT' if problems else 'IDENTICAL'}: old run 1..{a.n}, new code resumed at {a.k} "
-          f"({n_log} train/val records and {a.n - a.k} checkpoints compared) and from scratch; runs in {work}")
+          f"({n_log} train/val records, {a.n - a.k} kept checkpoints, last.pt and final.pt compared) and from scratch; runs in {work}")
     return 1 if problems else 0
 
 
