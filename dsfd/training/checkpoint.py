@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, RNG state capture and resume lookup.
+"""Training checkpoints: the state of a run, atomic writes, RNG state capture, resume lookup, the final weights.
 
 A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read
 (no pickled classes), so :func:`dsfd.models.load_weights` loads its
@@ -11,10 +11,15 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read
         "iteration": int,                 # optimizer steps done
         "rng": {"python", "numpy", "torch", "cuda"},
         "data": {"epoch", "batch_in_epoch", "batches_per_epoch", "num_images",
-                 "global_batch", "seed", "world_size"},
+                 "global_batch", "seed", "world_size", "roots"},
         "args": TrainConfig.to_dict(),
         "format": "dsfd-train-v1",
+        "rng_ranks": [rng of rank 0, rank 1, ...],   # distributed runs only
     }
+
+:func:`training_state` builds it and :func:`restore_training_state` reads it
+back (one place for the format); ``final.pt`` (:func:`final_weights`) holds
+only ``model``, ``config``, ``iteration``, ``args`` and ``format``.
 
 Files are written atomically: to a temporary file in the same folder,
 flushed and ``fsync``-ed, then ``os.replace``-d over the target (and the
@@ -25,14 +30,21 @@ the old or the new complete checkpoint, never a truncated one.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..models import load_state_dict_checked
+from .distributed import DistInfo, ShardedBatchSampler
+from .optimization import Optimization
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -41,7 +53,13 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "resolve_resume",
+    "training_state",
+    "save_collective",
+    "restore_training_state",
+    "final_weights",
 ]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "dsfd-train-v1"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -153,3 +171,104 @@ def resolve_resume(resume: Optional[str], out: PathLike) -> Optional[Path]:
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
     return p
+
+
+# --------------------------------------------------------------------------- the state of a run
+
+
+def training_state(
+    model: nn.Module,
+    optimization: Optimization,
+    iteration: int,
+    sampler: ShardedBatchSampler,
+    roots: List[Dict[str, Any]],
+    args: Dict[str, Any],
+    rng_ranks: Optional[List[Dict[str, Any]]] = None,
+) -> Dict[str, Any]:
+    """The full training state after ``iteration`` steps (the format of the module docstring).
+
+    ``sampler`` describes the data order (images, global batch, seed, world
+    size), ``roots`` the images and boxes per data root, ``args`` the run's
+    ``TrainConfig.to_dict()``.
+    """
+    epoch, pos = sampler.position(iteration)
+    ckpt: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "config": dict(getattr(model, "config", {})),
+        "optimizer": optimization.optimizer.state_dict(),
+        "scheduler": optimization.scheduler.state_dict(),
+        "scaler": optimization.scaler.state_dict() if optimization.scaler.is_enabled() else None,
+        "iteration": int(iteration),
+        "rng": capture_rng_state(),
+        "data": {
+            "epoch": int(epoch),
+            "batch_in_epoch": int(pos),
+            "batches_per_epoch": int(sampler.batches_per_epoch),
+            "num_images": int(sampler.num_images),
+            "global_batch": int(sampler.global_batch),
+            "seed": int(sampler.seed),
+            "world_size": int(sampler.world_size),
+            "roots": roots,
+        },
+        "args": args,
+    }
+    if rng_ranks is not None:
+        ckpt["rng_ranks"] = rng_ranks
+    return ckpt
+
+
+def save_collective(
+    state: Callable[[Optional[List[Dict[str, Any]]]], Dict[str, Any]], path: PathLike, info: DistInfo
+) -> Optional[Path]:
+    """Collective: every rank calls it; rank 0 writes ``state(rng_ranks)`` to ``path`` atomically.
+
+    Under DDP every rank's RNG states are gathered first (``rng_ranks``), so
+    a resume with the same world size restores each rank's own. Returns the
+    path on rank 0, ``None`` elsewhere.
+    """
+    rng_ranks = None
+    if info.distributed:
+        rng_ranks = [None] * info.world_size
+        dist.all_gather_object(rng_ranks, capture_rng_state(), group=info.control_group)
+    if not info.is_main:
+        return None
+    return save_atomic(state(rng_ranks), path)
+
+
+def restore_training_state(
+    path: Path, model: nn.Module, optimization: Optimization, sampler: ShardedBatchSampler, info: DistInfo
+) -> int:
+    """Loads a :func:`training_state` file into the model, the optimiser side and this rank's RNGs.
+
+    Returns the checkpoint's iteration. Data settings that differ from the
+    saved ones (``sampler``: images, global batch, seed) are allowed, with a
+    warning: the data order then differs from the interrupted run.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    load_state_dict_checked(model, ckpt["model"], source=repr(str(path)))
+    optimization.optimizer.load_state_dict(ckpt["optimizer"])
+    optimization.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler") is not None and optimization.scaler.is_enabled():
+        optimization.scaler.load_state_dict(ckpt["scaler"])
+    iteration = int(ckpt["iteration"])
+    ranks = ckpt.get("rng_ranks")
+    if ranks and len(ranks) == info.world_size:
+        restore_rng_state(ranks[info.rank])
+    else:
+        restore_rng_state(ckpt["rng"])
+    data = ckpt.get("data", {})
+    now = {"num_images": sampler.num_images, "global_batch": sampler.global_batch, "seed": sampler.seed}
+    changed = {k: (data.get(k), v) for k, v in now.items() if k in data and data[k] != v}
+    if changed:
+        log.warning("resuming %s with different data settings %s (saved, now): the data order differs "
+                    "from the interrupted run", path, changed)
+    if info.is_main:
+        log.info("resumed from %s at iteration %d", path, iteration)
+    return iteration
+
+
+def final_weights(model: nn.Module, iteration: int, args: Dict[str, Any]) -> Dict[str, Any]:
+    """``final.pt`` of a finished run: the weights and what rebuilds and describes them, no optimiser state."""
+    return {"model": model.state_dict(), "config": dict(model.config), "iteration": iteration, "args": args,
+            "format": CHECKPOINT_FORMAT}

@@ -48,8 +48,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate_detection, collate_ignore_regions
 from ..losses import ProgressiveAnchorLoss
-from ..models.weights import load_state_dict_checked
-from .checkpoint import CHECKPOINT_FORMAT, capture_rng_state, load_checkpoint, resolve_resume, restore_rng_state, save_atomic
+from .checkpoint import (
+    final_weights,
+    resolve_resume,
+    restore_training_state,
+    save_atomic,
+    save_collective,
+    training_state,
+)
 from .config import TrainConfig
 from .data_setup import (
     IndexSubset,
@@ -155,7 +161,9 @@ class Trainer:
         # --- resume (after everything that consumes RNG at construction) -----
         ckpt_path = resolve_resume(cfg.resume, self.out)
         if ckpt_path is not None:
-            self._load(ckpt_path)
+            self.iteration = restore_training_state(ckpt_path, model, self.optimization, self.sampler_probe,
+                                                    self.info)
+            self.resumed_from = ckpt_path
 
         self.ddp_model: nn.Module = wrap_ddp(model, cfg, self.runtime)
         self._set_train_mode()
@@ -175,68 +183,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
         """The full training state (see :mod:`dsfd.training.checkpoint`)."""
-        epoch, pos = self.sampler_probe.position(self.iteration)
-        ckpt: Dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "config": dict(getattr(self.model, "config", {})),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "iteration": int(self.iteration),
-            "rng": capture_rng_state(),
-            "data": {
-                "epoch": int(epoch),
-                "batch_in_epoch": int(pos),
-                "batches_per_epoch": int(self.sampler_probe.batches_per_epoch),
-                "num_images": int(len(self.train_dataset)),
-                "global_batch": int(self.cfg.batch_size),
-                "seed": int(self.cfg.seed),
-                "world_size": int(self.info.world_size),
-                "roots": self.data_counts(),
-            },
-            "args": self.cfg.to_dict(),
-        }
-        if rng_ranks is not None:
-            ckpt["rng_ranks"] = rng_ranks
-        return ckpt
+        return training_state(self.model, self.optimization, self.iteration, self.sampler_probe,
+                              self.data_counts(), self.cfg.to_dict(), rng_ranks)
 
     def save_checkpoint(self, name: str = "last.pt") -> Optional[Path]:
         """Collective: every rank calls it; rank 0 writes ``<out>/<name>`` atomically."""
-        rng_ranks = None
-        if self.info.distributed:
-            rng_ranks = [None] * self.info.world_size
-            dist.all_gather_object(rng_ranks, capture_rng_state(), group=self.info.control_group)
-        path = None
-        if self.info.is_main:
-            path = save_atomic(self.state_dict(rng_ranks), self.out / name)
+        path = save_collective(self.state_dict, self.out / name, self.info)
+        if path is not None:
             self._log({"type": "checkpoint", "iter": self.iteration, "path": str(path)})
         return path
-
-    def _load(self, path: Path) -> None:
-
-        ckpt = load_checkpoint(path, map_location="cpu")
-
-        load_state_dict_checked(self.model, ckpt["model"], source=repr(str(path)))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler") is not None and self.scaler.is_enabled():
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.iteration = int(ckpt["iteration"])
-        ranks = ckpt.get("rng_ranks")
-        if ranks and len(ranks) == self.info.world_size:
-            restore_rng_state(ranks[self.info.rank])
-        else:
-            restore_rng_state(ckpt["rng"])
-        data = ckpt.get("data", {})
-        now = {"num_images": len(self.train_dataset), "global_batch": self.cfg.batch_size, "seed": self.cfg.seed}
-        changed = {k: (data.get(k), v) for k, v in now.items() if k in data and data[k] != v}
-        if changed:
-            log.warning("resuming %s with different data settings %s (saved, now): the data order differs "
-                        "from the interrupted run", path, changed)
-        self.resumed_from = path
-        if self.info.is_main:
-            log.info("resumed from %s at iteration %d", path, self.iteration)
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: Dict[str, Any]) -> None:
@@ -431,11 +386,7 @@ class Trainer:
                         self._log({"type": "val", "iter": self.iteration, **last_val})
                 path = self.save_checkpoint("last.pt")
                 if reason == "done" and info.is_main:
-                    save_atomic(
-                        {"model": self.model.state_dict(), "config": dict(self.model.config),
-                         "iteration": self.iteration, "args": cfg.to_dict(), "format": CHECKPOINT_FORMAT},
-                        self.out / "final.pt",
-                    )
+                    save_atomic(final_weights(self.model, self.iteration, cfg.to_dict()), self.out / "final.pt")
                 self._log({"type": "stop", "iter": self.iteration, "reason": reason,
                            "checkpoint": str(path) if path else None})
         finally:
