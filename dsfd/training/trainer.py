@@ -23,13 +23,8 @@ next iteration boundary (all ranks agree through a small all-reduce), writes
 ``last.pt`` and returns cleanly. A second SIGINT aborts at once.
 DataLoader workers ignore both signals (their parent decides when they stop).
 
-Validation loss (``val_every``): the model in **eval mode** (BatchNorm
-running statistics, no augmentation: each val image resized to
-``size x size``), both shots requested explicitly, no gradients; the
-PAL loss is accumulated as dataset-level sums (summed per-anchor losses /
-summed positives over the whole val subset, across ranks). Eval mode avoids
-updating the BatchNorm statistics with val data and measures the network as
-it will be used.
+Validation loss (``val_every``): :mod:`dsfd.training.validation` (eval
+mode, dataset-level normalisation).
 """
 
 from __future__ import annotations
@@ -72,6 +67,7 @@ from .model_setup import build_training_model, calibrate_fem_norms, place_traini
 from .optimization import Optimization
 from .runtime import Runtime, StopSignal, deterministic_algorithms, seed_everything
 from .runtime import amp_dtype as _amp_dtype  # noqa: F401  (tests/test_training.py imports it from here)
+from .validation import validation_loss
 
 __all__ = ["Trainer", "IndexSubset", "StopSignal", "train", "training_worker_init_fn", "fork_safe_iter"]
 
@@ -233,53 +229,12 @@ class Trainer:
         self.optimization.step(loss)
         return parts
 
-    @torch.no_grad()
     def validate(self) -> Optional[Dict[str, float]]:
-        """Eval-mode PAL loss over the val subset (dataset-level normalisation, all ranks)."""
+        """Eval-mode PAL loss over the val subset (:mod:`dsfd.training.validation`; all ranks); ``None``: no val data."""
         if self.val_dataset is None:
             return None
-        n = len(self.val_dataset)
-        if self.cfg.val_images:
-            n = min(n, int(self.cfg.val_images))
-        shard = list(range(self.info.rank, n, self.info.world_size))
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # S_l1, S_c1, S_l2, S_c2, N1, N2
-        self.model.eval()
-        try:
-            if shard:
-                loader = self.make_loader(IndexSubset(self.val_dataset, shard), batch_size=self.local_batch)
-                for batch in fork_safe_iter(loader):
-                    images, gt_boxes, gt_counts = self.to_device(batch)
-                    with self.autocast():
-                        out = self.model(images, shots=self.model.shots)
-                    for k, shot in enumerate((out.first, out.second)):
-                        if shot is None:
-                            continue
-                        o = self.criterion.shot_loss(shot.loc, shot.conf, shot.anchors, gt_boxes, gt_counts)
-                        d = o["num_pos"].clamp(min=1).double()
-                        sums[2 * k] += o["loss_l"].double() * d
-                        sums[2 * k + 1] += o["loss_c"].double() * d
-                        sums[4 + k] += o["num_pos"].double()
-        finally:
-            self._set_train_mode()
-        all_reduce_sum(sums, self.info)
-        s = sums.tolist()
-        n1, n2 = max(1.0, s[4]), max(1.0, s[5])
-        res = {
-            "first_loss_l": s[0] / n1,
-            "first_loss_c": s[1] / n1,
-            "second_loss_l": s[2] / n2,
-            "second_loss_c": s[3] / n2,
-            "first_num_pos": s[4],
-            "second_num_pos": s[5],
-            "images": n,
-        }
-        w = self.criterion.shot_weights()
-        res["total"] = sum(
-            w[name] * (res[f"{name}_loss_l"] + res[f"{name}_loss_c"])
-            for name, k in (("first", 1), ("second", 2))
-            if k in self.model.shots
-        )
-        return res
+        return validation_loss(self.model, self.frozen_bn, self.criterion, self.val_dataset, self.runtime,
+                               self.make_loader, self.cfg.val_images)
 
     # ------------------------------------------------------------------ main loop
     def train(self) -> Dict[str, Any]:
