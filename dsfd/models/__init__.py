@@ -8,6 +8,8 @@
   layers above (test-time shot, its anchors, ``pixel_mean``, ``variances``);
 * :func:`calibrate_random_model` and :func:`default_or_random_model` give a
   usable model without trained weights;
+* :func:`prepare_for_inference` (:mod:`.inference_prep`) gives the copy a
+  detector runs (BatchNorms folded, weights cast, on its device);
 * :mod:`.anchors`, :mod:`.backbones`, :mod:`.fem`, :mod:`.heads` hold the parts.
 """
 
@@ -18,6 +20,7 @@ from .anchors import (
     STEPS,
     AnchorGenerator,
     anchor_cache_info,
+    anchor_feature_sizes,
     cached_anchors,
     clear_anchor_cache,
     generate_anchors,
@@ -42,6 +45,7 @@ from .default_model import (
     default_weights_path,
 )
 from .dsfd import BGR_MEAN, DSFD, NETWORKS, DSFDOutput, build_model, dsfd_paper, preprocess
+from .inference_prep import prepare_for_inference
 from .interface import DetectionModel, PaperDSFDInterface
 from ..ops import upsample_mul
 from .fem import ContextFEM, FeatureEnhanceModule, FEMBranches
@@ -72,6 +76,7 @@ __all__ = [
     "DetectionModel",
     "PaperDSFDInterface",
     "calibrate_random_model",
+    "prepare_for_inference",
     "dead_leaves_image",
     "default_or_random_model",
     "default_weights_path",
@@ -104,6 +109,7 @@ __all__ = [
     "AnchorGenerator",
     "generate_anchors",
     "cached_anchors",
+    "anchor_feature_sizes",
     "anchor_cache_info",
     "clear_anchor_cache",
     "set_anchor_cache_size",

@@ -16,7 +16,8 @@ Values are computed in float64 the way the authors' ``PriorBox`` loop does
 (``(j + 0.5) / (W / step)``) and then rounded once to the requested dtype,
 so they are bit-identical to that loop. Results are cached per
 ``(H, W, feature sizes, device, dtype, config)`` in a bounded LRU cache, so
-serving thousands of distinct image sizes cannot grow memory without bound.
+serving thousands of distinct image sizes cannot grow memory without bound;
+:func:`anchor_feature_sizes` reads the feature sizes back from a cached tensor.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "ASPECT_RATIO",
     "generate_anchors",
     "cached_anchors",
+    "anchor_feature_sizes",
     "anchor_cache_info",
     "clear_anchor_cache",
     "set_anchor_cache_size",
@@ -107,11 +109,12 @@ def generate_anchors(
 
 
 class _AnchorCache:
-    """A small thread-safe LRU cache of anchor tensors."""
+    """A small thread-safe LRU cache of anchor tensors, which also knows the key of each tensor it holds."""
 
     def __init__(self, maxsize: int = 64) -> None:
         self.maxsize = int(maxsize)
         self._data: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self._keys: Dict[int, tuple] = {}  # id(tensor) -> key, for the tensors held (so no id is reused meanwhile)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -126,23 +129,37 @@ class _AnchorCache:
             self.hits += 1
             return t
 
+    def key_of(self, value: Tensor) -> Optional[tuple]:
+        """The key under which ``value`` itself is held, or ``None``."""
+        with self._lock:
+            key = self._keys.get(id(value))
+            return key if key is not None and self._data.get(key) is value else None
+
     def put(self, key: tuple, value: Tensor) -> None:
         with self._lock:
+            old = self._data.get(key)
+            if old is not None:
+                self._keys.pop(id(old), None)
             self._data[key] = value
+            self._keys[id(value)] = key
             self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self._evict()
+
+    def _evict(self) -> None:
+        while len(self._data) > self.maxsize:
+            _, value = self._data.popitem(last=False)
+            self._keys.pop(id(value), None)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._keys.clear()
             self.hits = self.misses = 0
 
     def resize(self, maxsize: int) -> None:
         with self._lock:
             self.maxsize = int(maxsize)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            self._evict()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -172,6 +189,19 @@ def set_anchor_cache_size(maxsize: int) -> None:
     if maxsize < 0:
         raise ValueError("maxsize must be >= 0")
     _CACHE.resize(maxsize)
+
+
+def anchor_feature_sizes(anchors: Tensor) -> Optional[Tuple[_Size, ...]]:
+    """The per-level feature-map sizes ``anchors`` were generated for, if the shared cache holds this tensor.
+
+    A network's output carries the cached anchors of its input size, built
+    from the sizes its forward handed the generator: who holds the output
+    (the detector's padding mask) reads those sizes here. ``None`` for
+    anchors the cache did not produce (compiled or traced networks, ONNX
+    Runtime, an evicted entry, the cache turned off).
+    """
+    key = _CACHE.key_of(anchors)
+    return None if key is None else key[2]
 
 
 def _tracing() -> bool:

@@ -21,6 +21,15 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read
 back (one place for the format); ``final.pt`` (:func:`final_weights`) holds
 only ``model``, ``config``, ``iteration``, ``args`` and ``format``.
 
+Resuming continues exactly: the checkpoint holds the model, optimizer
+(momentum buffers), scheduler, GradScaler, the iteration and every RNG
+state; the data order and the augmentation are functions of
+``(seed, epoch, index)`` and the iteration (see
+:class:`~dsfd.training.distributed.ShardedBatchSampler` and
+:func:`dsfd.data.sample_rng`), so a run stopped at iteration k and resumed
+gives bit-identical weights to an uninterrupted run (same hardware, same
+number of threads; ``deterministic=True`` on GPUs).
+
 Files are written atomically: to a temporary file in the same folder,
 flushed and ``fsync``-ed, then ``os.replace``-d over the target (and the
 folder entry ``fsync``-ed), so a crash or a kill at any moment leaves either

@@ -1,4 +1,4 @@
-"""The optimiser side of a run: SGD over the trainable parameters, the paper's schedule, AMP's GradScaler, one step.
+"""What a run optimises and how: the PAL loss with the run's matching, SGD, the paper's schedule, AMP's GradScaler.
 
 Everything here with state (momentum buffers, scheduler position, loss
 scale) goes into the checkpoint (:func:`dsfd.training.checkpoint.training_state`).
@@ -12,10 +12,19 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
+from ..losses import ProgressiveAnchorLoss
 from .config import TrainConfig, WarmupMultiStep
 from .runtime import Runtime
 
-__all__ = ["Optimization"]
+__all__ = ["build_criterion", "Optimization"]
+
+
+def build_criterion(cfg: TrainConfig) -> ProgressiveAnchorLoss:
+    """The Progressive Anchor Loss with the run's matching preset, IoU thresholds, ignore band and mining."""
+    return ProgressiveAnchorLoss(
+        lambda_=cfg.lambda_, matching=cfg.matching, iou_threshold=cfg.match_iou,
+        ignore_iou=cfg.ignore_iou or None, min_negatives=cfg.min_negatives,
+    )
 
 
 @dataclass
