@@ -17,8 +17,8 @@ names. Two steps, both batched and free of host synchronisation:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, Tuple
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -60,6 +60,16 @@ class PostProcessConfig:
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
+
+    def filtering_at(self, min_score: Optional[float]) -> "PostProcessConfig":
+        """This config letting only scores ``>= min_score`` into NMS (when above ``score_threshold``).
+
+        The boxes at or above ``min_score`` stay exactly the same (in NMS a
+        box only suppresses lower-scoring ones), with far fewer boxes to sort.
+        """
+        if min_score is None or min_score <= self.score_threshold:
+            return self
+        return replace(self, score_threshold=math.nextafter(float(min_score), 0.0))
 
     @classmethod
     def add_arguments(cls, group: Any) -> None:

@@ -2,8 +2,9 @@
 
 * :class:`Detector` / :func:`load_detector` - images (arrays or paths) in,
   ``[K, 5]`` ``x1, y1, x2, y2, score`` arrays out; batched, on-device
-  post-processing (:mod:`.detector`, with :mod:`.canvas`, :mod:`.padding`,
-  :mod:`.cuda_graphs` and :mod:`dsfd.postprocess`);
+  post-processing (:mod:`.detector`, with :mod:`.loading`, :mod:`.canvas`,
+  :mod:`.transfer`, :mod:`.padding`, :mod:`.cuda_graphs`, the network in
+  :mod:`.torch_backend` or :mod:`.onnx_backend`, and :mod:`dsfd.postprocess`);
 * :mod:`.multiscale` - the released WIDER FACE multi-scale + flip protocol;
 * :mod:`.drawing` - boxes drawn on images, JSON records;
 * :mod:`.cli` - ``dsfd detect``.

@@ -5,6 +5,15 @@ canvas (the largest height x the largest width of the batch, or the fixed
 ``input_size``), so its boxes map back by its own scale alone. The padding
 holds the pixel mean, i.e. exactly zero after normalisation, like the
 convolutions' own zero padding at the first layer.
+
+What batching does to the results: anchors whose cell starts inside the
+padding are ignored (:mod:`.padding`), so no box comes from the padding.
+Images that need no padding (all of one size, or one that fills the canvas)
+get exactly their single-image result up to floating-point summation order;
+an image that needed padding is *close to* it (deeper layers see the
+padding). With a fixed ``input_size`` every image is letterboxed into the
+same canvas alone or batched, so single and batched results are equal for
+any mix of sizes - also the mode for CUDA graphs and ``torch.compile``.
 """
 
 from __future__ import annotations

@@ -36,18 +36,27 @@ all is left - here an empty ``[0, 5]`` result is returned).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .. import ops
+from ..constants import VOTE_IOU_THRESHOLD
+from .canvas import resize_by
 
 __all__ = [
     "ScalePass",
     "max_test_scale",
     "wider_test_passes",
     "size_filter_mask",
+    "run_wider_test",
     "CAFFE_PIXEL_CAP",
 ]
+
+#: ``infer(images, scales) -> (dets[B, K, 5], counts[B])`` on the device, boxes in original pixels, unclipped.
+Infer = Callable[[Sequence[np.ndarray], Sequence[Tuple[float, float]]], Tuple[Tensor, Tensor]]
 
 #: ``0x7fffffff / 200``: the released code's cap on ``H * W * scale**2``.
 CAFFE_PIXEL_CAP: float = 0x7FFFFFFF / 200.0
@@ -120,3 +129,41 @@ def size_filter_mask(boxes: Tensor, keep: Optional[str]) -> Tensor:
     if keep == "small":
         return torch.minimum(w, h) < 100
     raise ValueError(f"keep must be None, 'large' or 'small', got {keep!r}")
+
+
+def run_wider_test(infer: Infer, image: np.ndarray, max_keep: int, clip: bool) -> np.ndarray:
+    """The whole protocol on a BGR ``uint8`` image: ``float32 [K, 5]`` voted boxes and scores, in its pixels.
+
+    Passes of one scale (the original and the flipped image) share one
+    ``infer`` call; at most ``max_keep`` boxes are kept; ``clip`` clips them to the image.
+    """
+    H, W = image.shape[:2]
+    passes = wider_test_passes(H, W)
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    all_boxes: List[Tensor] = []
+    all_scores: List[Tensor] = []
+    all_keep: List[Tensor] = []
+    i = 0
+    while i < len(passes):
+        group = [passes[i]]
+        while i + len(group) < len(passes) and passes[i + len(group)].scale == passes[i].scale:
+            group.append(passes[i + len(group)])
+        i += len(group)
+        s = group[0].scale
+        dets, counts = infer([resize_by(flipped if p.flip else image, s) for p in group], [(s, s)] * len(group))
+        boxes, scores = dets[..., :4], dets[..., 4]
+        for j, p in enumerate(group):
+            b = boxes[j]
+            if p.flip:
+                b = torch.stack([W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]], -1)
+            valid = torch.arange(b.shape[0], device=b.device) < counts[j]
+            all_keep.append(valid & size_filter_mask(b, p.keep))
+            all_boxes.append(b)
+            all_scores.append(scores[j])
+    keep = torch.cat(all_keep)
+    boxes = torch.cat(all_boxes)[keep]
+    scores = torch.cat(all_scores)[keep]
+    vb, vs = ops.box_voting(boxes, scores, VOTE_IOU_THRESHOLD, max_keep)
+    if clip and vb.shape[0]:
+        vb = torch.stack([vb[:, 0].clamp(0, W), vb[:, 1].clamp(0, H), vb[:, 2].clamp(0, W), vb[:, 3].clamp(0, H)], -1)
+    return torch.cat([vb.float(), vs.float()[:, None]], 1).cpu().numpy()

@@ -37,16 +37,17 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..models.heads import ShotOutput
+from .loading import LoadedNetwork, load_network
 
 __all__ = ["BACKENDS", "OrtNetwork", "import_onnxruntime", "MISSING_ONNXRUNTIME", "export_raw_bytes",
-           "is_onnx_file", "meta_skeleton"]
+           "is_onnx_file", "meta_skeleton", "backend_device_and_dtype", "load_ort_network"]
 
 #: The values of ``Detector(backend=...)`` and of ``--backend``.
 BACKENDS = ("torch", "onnxruntime")
@@ -68,6 +69,55 @@ def import_onnxruntime() -> Any:
 def is_onnx_file(weights: Any) -> bool:
     """Whether ``weights`` names an ``.onnx`` file (by its suffix)."""
     return isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower().endswith(".onnx")
+
+
+def backend_device_and_dtype(backend: str, weights: Any, device: Any, dtype: Any) -> Tuple[Any, Any]:
+    """The detector's ``device`` and ``dtype`` arguments checked against ``backend`` (ONNX Runtime: CPU float32).
+
+    Raises ``ValueError`` for an unknown backend, a GPU or a low precision
+    asked of ONNX Runtime, and an ``.onnx`` file asked of PyTorch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime":
+        if device is not None and str(device).lower() not in ("cpu", "auto"):
+            raise ValueError(f"backend='onnxruntime' runs on the CPU here (device={device!r}); use device='cpu'")
+        if dtype is not None and str(dtype).replace("torch.", "") not in ("auto", "float32"):
+            raise ValueError(f"backend='onnxruntime' runs the graph's own precision (float32, or int8 for a "
+                             f"dsfd export --int8 file), not dtype={dtype!r}")
+        return "cpu", torch.float32
+    if is_onnx_file(weights):
+        raise ValueError(f"{os.fspath(weights)} is an ONNX file: run it with backend='onnxruntime' "
+                         "(--backend onnxruntime)")
+    return device, dtype
+
+
+def load_ort_network(weights: Any, network: Optional[str], backbone: Optional[str], model: Optional[nn.Module],
+                     stacklevel: int = 2) -> Tuple["OrtNetwork", LoadedNetwork]:
+    """The ONNX Runtime network and the PyTorch model that describes it (mean, variances, anchors, thresholds).
+
+    From an ``.onnx`` file the description is a weightless :func:`meta_skeleton`
+    of the network named in its metadata; otherwise the PyTorch network of
+    :func:`~dsfd.inference.loading.load_network`, prepared for the CPU (a copy
+    in eval mode) and exported once into the session.
+    """
+    from ..models.inference_prep import prepare_for_inference
+
+    import_onnxruntime()  # the missing-package error before any export
+    if is_onnx_file(weights):
+        if model is not None:
+            raise ValueError("pass either weights or model, not both")
+        ort = OrtNetwork(weights)
+        described = meta_skeleton(ort.config)
+        if ort.display_score is not None:
+            described.display_score = float(ort.display_score)
+        if ort.hide_score is not None:
+            described.hide_score = float(ort.hide_score)
+        return ort, LoadedNetwork(described, os.fspath(weights), False)
+    loaded = load_network(weights, network, backbone, model, stacklevel + 1)
+    # ONNX Runtime folds the BatchNorms in its own graph optimisation
+    prepared = prepare_for_inference(loaded.model, device="cpu", fold_batchnorm=False)
+    return OrtNetwork(export_raw_bytes(prepared)), loaded._replace(model=prepared)
 
 
 def export_raw_bytes(model: nn.Module, display_score: Optional[float] = None) -> bytes:

@@ -1,90 +1,79 @@
 """Which anchors of a padded batch start inside the padding (their scores are zeroed).
 
 An anchor whose cell origin lies at or beyond an image's width or height in
-the canvas sees only padding, so no box may come from it. The cell origins
-need each level's feature-map size for the canvas size; the networks compute
-those sizes on the fly, so they are recorded from the calls of the model's
-test-time anchor generator (a forward hook).
+the canvas sees only padding, so no box may come from it. Level ``k``'s
+cells start every ``steps[k]`` pixels (the test-time anchor generator's
+strides) over that level's feature map. The map sizes come from the anchors
+the network returned for the canvas
+(:func:`dsfd.models.anchors.anchor_feature_sizes`: the sizes its forward
+handed the generator, free); for anchors the shared cache did not produce
+(a compiled network, ONNX Runtime) and for a size not run yet, from a
+shape-only copy of the network
+(:func:`dsfd.models.inference_prep.feature_map_sizes`: a forward on the
+``meta`` device, no arithmetic, some milliseconds).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from ..models.anchors import anchor_feature_sizes, cached_anchors
+from ..models.inference_prep import Sizes, feature_map_sizes
+from ..models.interface import DetectionModel
 
 __all__ = ["PaddingMask"]
 
-Sizes = Tuple[Tuple[int, int], ...]
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
 
 class PaddingMask:
-    """Feature-map sizes per input size (recorded) and the anchors' cell origins (cached, LRU).
+    """Feature-map sizes per canvas size and the anchors' cell origins (both cached, LRU).
 
     Args:
-        anchor_generator: the model's test-time anchor generator.
-        device: where the cell origins live.
-        probe: runs the eager model once on an ``H x W`` input; used when a
-            compiled network (which runs no Python hooks) saw a size first.
+        shape_model: a :func:`~dsfd.models.inference_prep.shape_only_copy` of
+            the network (or any network on the ``meta`` device).
+        device: where the cell origins and anchors live.
     """
 
-    def __init__(self, anchor_generator: nn.Module, device: torch.device, probe: Callable[[int, int], None]) -> None:
+    def __init__(self, shape_model: DetectionModel, device: torch.device) -> None:
+        self.shape_model = shape_model
+        self.generator = shape_model.inference_anchors
         self.device = device
-        self.probe = probe
-        self._levels: "OrderedDict[Tuple[int, int], Tuple[Sizes, Tuple[float, ...]]]" = OrderedDict()
+        self._sizes: "OrderedDict[Tuple[int, int], Sizes]" = OrderedDict()
         self._origins: "OrderedDict[Tuple[int, int], Tensor]" = OrderedDict()
-        this = weakref.ref(self)
 
-        def hook(module: nn.Module, args: Tuple[Any, ...], output: Tensor) -> None:
-            mask = this()
-            if mask is not None and not _compiling():
-                mask._record(module, args)
+    def feature_sizes(self, height: int, width: int, anchors: Optional[Tensor] = None) -> Sizes:
+        """Each level's ``(h, w)`` for an ``height x width`` input (``anchors``: the network's for it, if at hand)."""
+        key = (int(height), int(width))
+        sizes = self._sizes.get(key)
+        if sizes is None:
+            known = None if anchors is None else anchor_feature_sizes(anchors)
+            sizes = self._sizes[key] = known or feature_map_sizes(self.shape_model, *key)
+            while len(self._sizes) > 64:
+                self._sizes.popitem(last=False)
+        self._sizes.move_to_end(key)
+        return sizes
 
-        handle = anchor_generator.register_forward_hook(hook)
-        weakref.finalize(self, handle.remove)  # a model shared by several detectors keeps no dead hooks
-
-    def _record(self, module: nn.Module, args: Tuple[Any, ...]) -> None:
-        if len(args) < 2:
-            return
-        try:
-            key = (int(args[0][0]), int(args[0][1]))
-            sizes = tuple((int(s[0]), int(s[1])) for s in args[1])
-        except (TypeError, IndexError, ValueError):
-            return
-        self._levels[key] = (sizes, tuple(float(s) for s in module.steps))
-        self._levels.move_to_end(key)
-        while len(self._levels) > 64:
-            self._levels.popitem(last=False)
-
-    def feature_sizes(self, height: int, width: int) -> Optional[Sizes]:
-        """The recorded per-level ``(h, w)`` for an ``height x width`` input, or ``None``."""
-        info = self._levels.get((height, width))
-        return None if info is None else info[0]
+    def anchors(self, height: int, width: int) -> Tensor:
+        """The network's (shared, cached) anchors for an ``height x width`` input."""
+        gen = self.generator
+        return cached_anchors((height, width), self.feature_sizes(height, width), gen.sizes, gen.steps,
+                              gen.aspect_ratio, gen.clip, self.device, torch.float32)
 
     def cached_origins(self, height: int, width: int) -> Optional[Tensor]:
         return self._origins.get((height, width))
 
-    def cell_origins(self, height: int, width: int, num_anchors: int, compiled: bool) -> Optional[Tensor]:
-        """``[A, 2]`` pixel ``(x, y)`` of each anchor cell's top-left corner (``None`` when unknown)."""
+    def cell_origins(self, height: int, width: int, anchors: Tensor) -> Optional[Tensor]:
+        """``[A, 2]`` pixel ``(x, y)`` of each anchor cell's top-left corner, for the network's ``anchors[A, 4]``
+        of an ``height x width`` input (``None`` when the levels do not add up to ``A``: not this network's)."""
         key = (height, width)
         hit = self._origins.get(key)
         if hit is not None:
             return hit
-        if key not in self._levels and compiled:
-            self.probe(height, width)
-        info = self._levels.get(key)
-        if info is None:
-            return None
-        sizes, steps = info
-        if len(steps) != len(sizes) or sum(h * w for h, w in sizes) != num_anchors:
+        sizes, steps = self.feature_sizes(height, width, anchors), self.generator.steps
+        if len(steps) != len(sizes) or sum(h * w for h, w in sizes) != anchors.shape[0]:
             return None
         parts = []
         for (fh, fw), step in zip(sizes, steps):
@@ -98,9 +87,9 @@ class PaddingMask:
             self._origins.popitem(last=False)
         return origins
 
-    def mask_scores(self, scores: Tensor, meta: Tensor, height: int, width: int, compiled: bool) -> Tensor:
+    def mask_scores(self, scores: Tensor, anchors: Tensor, meta: Tensor, height: int, width: int) -> Tensor:
         """``scores[B, A]`` with the anchors outside each image's valid ``meta[:, 0:2]`` (h, w) set to 0."""
-        origins = self.cell_origins(height, width, scores.shape[1], compiled)
+        origins = self.cell_origins(height, width, anchors)
         if origins is None:
             return scores
         valid = (origins[None, :, 0] < meta[:, 1:2]) & (origins[None, :, 1] < meta[:, 0:1])
