@@ -401,7 +401,7 @@ def test_amp_auto_follows_cpu_bf16_support(tmp_path, monkeypatch):
     monkeypatch.setenv("DSFD_CPU_BF16", "0")
     assert _amp_dtype(TrainConfig(amp="auto"), cpu) is None
     assert _amp_dtype(TrainConfig(amp="bf16"), cpu) == torch.bfloat16  # asked for explicitly
-    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+    with pytest.raises(ValueError, match="float16 needs a CUDA"):
         _amp_dtype(TrainConfig(amp="fp16"), cpu)
 
 

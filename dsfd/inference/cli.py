@@ -45,9 +45,7 @@ Thresholds: ``--score-threshold`` (0.01) is the detector's pre-NMS cut;
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -290,12 +288,9 @@ def _run(args: argparse.Namespace, info: RankInfo, items: Any, skipped: Any, ign
         workers=args.workers if args.workers is not None else (2 if detector.device.type == "cuda" else 0),
     )
     floor = min(opts.save_min, opts.draw_min)
-    if (args.score_threshold == PostProcessConfig.score_threshold and not args.accuracy_mode
-            and floor > detector.postprocess.score_threshold):
-        # Nothing scoring below `floor` is drawn or saved, and in NMS a box only suppresses lower-scoring
-        # ones: filtering at the floor before NMS keeps exactly the same boxes, with far fewer to sort.
-        detector.postprocess = dataclasses.replace(detector.postprocess,
-                                                   score_threshold=math.nextafter(floor, 0.0))
+    if args.score_threshold == PostProcessConfig.score_threshold and not args.accuracy_mode:
+        # nothing scoring below `floor` is drawn or saved: filter there before NMS (the same boxes, fewer to sort)
+        detector.postprocess = detector.postprocess.filtering_at(floor)
     extra = {"face_score_threshold": opts.draw_min, "face_score_threshold_from": threshold_source,
              "anonymize": args.anonymize, "ignored_files": ignored, "detector": repr(detector),
              "device": str(detector.device), "dtype": str(detector.dtype).replace("torch.", "")}

@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 

@@ -52,7 +52,7 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
         return None
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError("--amp fp16 needs a CUDA device (use bf16 or none on CPU)")
+            raise ValueError("--dtype float16 needs a CUDA device (use bfloat16 or float32 on the CPU)")
         return torch.float16
     return torch.bfloat16
 
