@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from .constants import DEFAULT_MAX_SIZE, MIN_INPUT_SIZE
+
 __all__ = [
     "DATA_FORMATS", "DTYPES", "DEVICE_DEFAULT", "DEFAULT_MAX_SIZE", "MIN_MAX_SIZE",
     "nonempty_path", "nonempty_text", "max_size_value", "deprecated_alias",
@@ -35,10 +37,8 @@ __all__ = [
 DATA_FORMATS = ("auto", "wider", "coco", "yolo")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_DEFAULT = "auto"
-#: ``--max-size`` when not given: images are downscaled so their longer side is at most this.
-DEFAULT_MAX_SIZE = 4096
-#: The smallest input the networks take (their coarsest feature map is 1/32 or 1/64 of it).
-MIN_MAX_SIZE = 32
+#: ``--max-size`` at least the smallest input the networks take.
+MIN_MAX_SIZE = MIN_INPUT_SIZE
 #: ``dsfd train``'s autocast setting for each ``--dtype`` (``TrainConfig.amp``).
 AMP_OF_DTYPE: Dict[str, str] = {"auto": "auto", "bfloat16": "bf16", "float16": "fp16", "float32": "none"}
 
@@ -136,7 +136,8 @@ def add_max_size(group: Any) -> None:
                             f"{DEFAULT_MAX_SIZE}; at least {MIN_MAX_SIZE})")
 
 
-def add_data(group: Any, *, repeatable: bool, data_help: str, images_help: str, category_help: str) -> None:
+def add_data(group: Any, *, repeatable: bool, data_help: str, category_help: str,
+             images_help: str = "image folder of a COCO --data file (default: found next to it)") -> None:
     """``--data``, ``--data-format`` (old spelling ``--format``), ``--images``, ``--category``, ``--strict``."""
     group.add_argument("--data", type=nonempty_path, action="append" if repeatable else "store", default=None,
                        metavar="ROOT", help=data_help)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Tuple
 
 __all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MIN_INPUT_SIZE",
     "BGR_MEAN",
     "BOX_VARIANCES",
     "SCORE_THRESHOLD",
@@ -49,3 +51,8 @@ BACKBONES: Tuple[str, ...] = (
 )
 #: Backbones that start from pretrained mobile bodies (:mod:`dsfd.models.mobilenet`).
 MOBILE_BACKBONES: Tuple[str, ...] = ("mobilenet0.25", "mobilenetv2")
+
+#: Longer image side above which images are downscaled before detection (``Detector(max_size=)``, ``--max-size``).
+DEFAULT_MAX_SIZE: int = 4096
+#: Smallest input side the networks take (smaller images and canvases are padded up to it).
+MIN_INPUT_SIZE: int = 32

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-__all__ = ["cpu_bf16_support", "cpu_has_bf16", "auto_dtype", "resolve_dtype", "DTYPE_NAMES"]
+__all__ = ["cpu_bf16_support", "cpu_has_bf16", "auto_dtype", "resolve_dtype", "resolve_device", "DTYPE_NAMES"]
 
 #: Names accepted where a dtype is given as text (CLI flags, configs).
 DTYPE_NAMES: Dict[str, Optional[torch.dtype]] = {
@@ -102,3 +102,15 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype], device: Union[str, torch
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("float16 is not supported on the CPU (no fast kernels): use bfloat16 or float32")
     return dtype
+
+
+def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else the CPU; a named device must exist."""
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} requested but CUDA is not available here; use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(dev)!r}; use 'cpu' or 'cuda'")
+    return dev

@@ -142,12 +142,6 @@ def test_train_dtype_reaches_the_config_as_its_autocast_setting():
         assert cfg.amp == amp and cfg.data == ["d1", "d2"] and isinstance(cfg.out, str)
 
 
-def test_the_default_max_size_is_the_detectors():
-    from dsfd.inference.detector import DEFAULT_MAX_SIZE
-
-    assert cli_options.DEFAULT_MAX_SIZE == DEFAULT_MAX_SIZE
-
-
 def test_eval_passes_max_size_and_device_to_the_detector_for_wider_data(tmp_path, monkeypatch):
     """``eval --max-size`` was ignored for WIDER FACE data; now every detector option reaches the detector."""
     from dsfd.evaluation import cli as eval_cli

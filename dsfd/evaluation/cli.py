@@ -63,7 +63,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_data(u, repeatable=False,
              data_help="WIDER FACE root (default $DSFD_WIDER_ROOT or ../shared/data/widerface), or your own "
                        "faces: a COCO .json file or a YOLO folder (images/ + labels/)",
-             images_help="image folder of a COCO --data file (default: found next to it)",
              category_help="COCO category / YOLO class scored as faces (repeatable; default: the only one, or "
                            "'face')")
     u.add_argument("--split", default="val", choices=["train", "val", "test"],

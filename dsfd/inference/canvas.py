@@ -24,10 +24,10 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..constants import MIN_INPUT_SIZE  # inputs smaller than this (per side) are padded up to it
+
 __all__ = ["MIN_INPUT_SIZE", "Prepared", "as_hw", "prepare", "resize_by", "canvas_size", "paste", "batch_meta"]
 
-#: Inputs smaller than this (per side) are padded up to it (not resized).
-MIN_INPUT_SIZE: int = 32
 
 
 class Prepared(NamedTuple):

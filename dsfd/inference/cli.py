@@ -199,12 +199,6 @@ def run(args: argparse.Namespace) -> int:
         return _error("--anonymize-margin must be >= 0")
     if args.anonymize_hold < 0:
         return _error("--anonymize-hold must be >= 0")
-    if args.max_size is not None and args.max_size < 32:
-        return _error(f"--max-size must be >= 32 (the smallest input the network takes), got {args.max_size}")
-    empty = [p for p in args.paths if not str(p).strip()]
-    if empty or (args.weights is not None and not str(args.weights).strip()):
-        return _error("an empty path was given" + (" as --weights" if not empty else "")
-                      + " (an empty PATH would scan the current folder)")
     if args.weights is None and (args.network or args.backbone) and not args.random:
         return _error("--network / --backbone without --weights would run a randomly initialised network; give "
                       "--weights, or --random to run one on purpose (the packaged default model needs neither)")

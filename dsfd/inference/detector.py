@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..constants import DISPLAY_SCORE
+from ..constants import DEFAULT_MAX_SIZE, DISPLAY_SCORE
 from ..io import read_image, to_bgr_uint8
 from ..models.inference_prep import shape_only_copy
 from ..postprocess import PostProcessConfig, decode_detections, select_detections
@@ -36,8 +36,6 @@ from .transfer import CanvasUploader, to_device, to_host
 
 __all__ = ["Detector", "load_detector", "DISPLAY_SCORE", "DEFAULT_MAX_SIZE", "MIN_INPUT_SIZE"]
 
-#: Longer image side above which images are downscaled (with a warning).
-DEFAULT_MAX_SIZE: int = 4096
 
 ImageInput = Union[np.ndarray, str, "os.PathLike[str]", Tensor]
 

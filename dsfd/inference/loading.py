@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional
 
-import torch
 from torch import nn
+
+from ..precision import resolve_device  # the one device rule, re-exported for the Detector
 
 __all__ = ["LoadedNetwork", "load_network", "resolve_device"]
 
@@ -19,18 +20,6 @@ class LoadedNetwork(NamedTuple):
     weights: Optional[str]
     #: a randomly initialised network (no weights fitted): its detections are meaningless
     random_weights: bool
-
-
-def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
-    """``None`` / ``"auto"``: CUDA when available, else the CPU; a named device must exist."""
-    if device is None or (isinstance(device, str) and device.lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(dev)!r} requested but CUDA is not available; use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {str(dev)!r}; use 'cpu' or 'cuda'")
-    return dev
 
 
 def load_network(weights: Any, network: Optional[str], backbone: Optional[str], model: Optional[nn.Module],

@@ -254,11 +254,12 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise SystemExit("dsfd anchors: --samples must be >= 1")
     ds = WiderFaceDataset(roots if len(roots) > 1 else roots[0], "train", transform=None, min_face=args.min_face)
-    from ..cli_options import device_or_none
+    from ..precision import resolve_device
 
-    device = torch.device(device_or_none(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"dsfd anchors: --device {args.device} requested but CUDA is not available")
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"dsfd anchors: {e}") from None
     stats = anchor_stats(ds, args.size, args.samples, args.matching, args.shot, args.seed, args.max_images,
                          args.progress, device=device)
     stats["data"] = [str(r) for r in roots]

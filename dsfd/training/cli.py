@@ -68,7 +68,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_data(g, repeatable=True,
              data_help="a WIDER FACE folder, a COCO .json file or a YOLO folder (images/ + labels/); repeat to mix "
                        "several roots of any formats (default $DSFD_WIDER_ROOT or ../shared/data/widerface)",
-             images_help="image folder of a COCO --data file (default: found next to it)",
              category_help="COCO category / YOLO class read as faces (repeatable; default: the only one, or the "
                            "one named 'face')")
     g.add_argument("--size", type=int, default=d.size, help="square training input side")
@@ -187,19 +186,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def empty_arguments(args: argparse.Namespace) -> List[str]:
-    """The path-like flags given as empty strings (``--weights ""`` would silently train from scratch)."""
-    flags = {"data": "--data", "init_weights": "--weights", "resume": "--resume", "backbone_weights": "--pretrained",
-             "init_backbone": "--init-backbone", "out": "--out", "images": "--images"}
-    bad = []
-    for attr, flag in flags.items():
-        value = getattr(args, attr, None)
-        values = value if isinstance(value, list) else [value]
-        if any(v is not None and not str(v).strip() for v in values):
-            bad.append(flag)
-    return bad
-
-
 def _error(msg: str) -> int:
     print(f"dsfd train: error: {msg}", file=sys.stderr)
     return 2
@@ -214,10 +200,6 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
-    empty = empty_arguments(args)
-    if empty:
-        return _error(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: give a path or name "
-                      "(or leave the flag out)")
     try:
         cfg = config_from_args(args)
     except ValueError as e:

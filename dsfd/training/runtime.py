@@ -29,14 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
-    """``cfg.device`` with ``auto`` resolved; a CUDA request without a GPU is an error."""
-    dev = cfg.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(dev)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
-    return d
+    """``cfg.device`` with ``auto`` resolved (:func:`dsfd.precision.resolve_device`); no GPU for CUDA is an error."""
+    from ..precision import resolve_device as resolve
+
+    return resolve(cfg.device)
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
