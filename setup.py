@@ -98,7 +98,9 @@ def _extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "ops", "**", "*.cpp"), recursive=True))
     # -g0: Python's default CFLAGS carry -g (4 MB .so, slower compiles).
-    cxx_flags = ["-O3", "-g0"]
+    # -ffp-contract=off: no fused multiply-adds, so kernels compiled for AVX2 / AVX-512 too
+    # (target_clones) round exactly as the baseline x86-64 build does.
+    cxx_flags = ["-O3", "-g0", "-ffp-contract=off"]
     # CPU kernels use at::parallel_for; OpenMP comes from torch's own flags.
     define_macros = []
     if build_cuda:

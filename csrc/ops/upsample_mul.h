@@ -11,7 +11,7 @@ inline void check_upsample_mul_inputs(const at::Tensor& upper, const at::Tensor&
               upper.sizes(), " and ", lateral.sizes());
   TORCH_CHECK(upper.size(0) == lateral.size(0) && upper.size(1) == lateral.size(1), op,
               ": upper ", upper.sizes(), " and lateral ", lateral.sizes(), " differ in batch or channels");
-  TORCH_CHECK(upper.size(2) > 0 && upper.size(3) > 0 || lateral.numel() == 0, op,
+  TORCH_CHECK((upper.size(2) > 0 && upper.size(3) > 0) || lateral.numel() == 0, op,
               ": upper has an empty spatial size ", upper.sizes());
   check_same_dtype(upper, lateral, op, "upper", "lateral");
   check_same_device(upper, lateral, op, "upper", "lateral");
