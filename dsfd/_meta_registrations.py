@@ -103,6 +103,23 @@ if _has_ops():
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return torch.empty_like(lateral, memory_format=fmt)
 
+    @torch.library.register_fake("dsfd::normalize_images")
+    def _normalize_images_fake(images, mean, dtype):
+        torch._check(images.dim() == 4 and images.dtype == torch.uint8, lambda: "dsfd::normalize_images: images must be uint8 [B, H, W, C]")
+        torch._check(images.shape[3] == len(mean), lambda: "dsfd::normalize_images: mean must have C values")
+        B, H, W, C = images.shape
+        return torch.empty((B, C, H, W), dtype=dtype, device=images.device, memory_format=torch.channels_last)
+
+    @torch.library.register_fake("dsfd::decode_detections")
+    def _decode_detections_fake(loc, conf, anchors, variance_xy, variance_wh, max_exponent, width, height):
+        _check_boxes(loc, 3, "loc", "dsfd::decode_detections")
+        _check_boxes(anchors, 2, "anchors", "dsfd::decode_detections")
+        torch._check(conf.dim() == 3 and conf.shape[-1] == 2, lambda: "dsfd::decode_detections: conf must be [B, A, 2]")
+        torch._check(loc.shape[:2] == conf.shape[:2] and loc.shape[1] == anchors.shape[0],
+                     lambda: "dsfd::decode_detections: loc, conf and anchors must agree on B and A")
+        B, A = loc.shape[:2]
+        return loc.new_empty((B, A, 4), dtype=torch.float32), loc.new_empty((B, A), dtype=torch.float32)
+
     @torch.library.register_fake("dsfd::upsample_mul_backward")
     def _upsample_mul_backward_fake(grad_out, upper, lateral, out, align_corners, relu):
         return torch.empty_like(upper), torch.empty_like(lateral)

@@ -104,10 +104,9 @@ def decode_detections(
     normalised ``cx, cy, w, h``; ``height`` x ``width`` is the network input.
     """
     if conf.shape[-1] == 2:
-        # softmax(z)[1] == sigmoid(z1 - z0): one elementwise pass instead of a softmax over pairs
-        scores = torch.sigmoid(conf[..., 1].float() - conf[..., 0].float())
-    else:
-        scores = torch.softmax(conf.float(), dim=-1)[..., 1]
+        # one pass over the anchors (dsfd.ops.decode_detections) instead of about ten elementwise ones
+        return ops.decode_detections(loc, conf, anchors, variances, max_size_exponent(variances), width, height)
+    scores = torch.softmax(conf.float(), dim=-1)[..., 1]
     loc = torch.cat([loc[..., :2].float(), loc[..., 2:].float().clamp(max=max_size_exponent(variances))], -1)
     boxes = ops.decode_boxes(loc, anchors.float().contiguous(), variances)
     boxes[..., 0::2] *= width

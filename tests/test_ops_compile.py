@@ -32,6 +32,10 @@ def samples():
         (torch.ops.dsfd.ignore_anchors.default, (anchors, labels, gt, torch.tensor([3, 1]), 0.1)),
         (torch.ops.dsfd.upsample_mul.default, (upper, lateral, False, True)),
         (torch.ops.dsfd.upsample_mul.default, (upper, lateral, True, False)),
+        (torch.ops.dsfd.normalize_images.default,
+         (torch.randint(0, 256, (2, 5, 7, 3), generator=g, dtype=torch.uint8), [104.0, 117.0, 123.0], torch.bfloat16)),
+        (torch.ops.dsfd.decode_detections.default,
+         (torch.randn(2, 64, 4, generator=g), torch.randn(2, 64, 2, generator=g), anchors, 0.1, 0.2, 46.0, 64.0, 48.0)),
     ]
 
 

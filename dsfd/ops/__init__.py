@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 from types import ModuleType
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
 
 from torch import Tensor
 
@@ -40,6 +42,8 @@ __all__ = [
     "hard_negative_mask",
     "ignore_anchors",
     "upsample_mul",
+    "normalize_images",
+    "decode_detections",
     "compiled_available",
     "require_compiled",
     "use_reference",
@@ -159,3 +163,16 @@ def ignore_anchors(
 def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, relu: bool = False) -> Tensor:
     """The FEM top-down step ``relu?(bilinear_up(upper) * lateral)`` (see :func:`dsfd.ops.compiled.upsample_mul`)."""
     return _impl().upsample_mul(upper, lateral, align_corners, relu)
+
+
+def normalize_images(images: Tensor, mean: Sequence[float], dtype: torch.dtype = torch.float32) -> Tensor:
+    """``uint8 [B, H, W, C]`` -> ``pixel - mean`` as ``[B, C, H, W]`` channels_last (see :func:`dsfd.ops.compiled.normalize_images`)."""
+    return _impl().normalize_images(images, mean, dtype)
+
+
+def decode_detections(
+    loc: Tensor, conf: Tensor, anchors: Tensor, variances: Tuple[float, float], max_exponent: float,
+    width: float, height: float,
+) -> Tuple[Tensor, Tensor]:
+    """One shot's ``loc``/``conf`` -> pixel boxes and face scores (see :func:`dsfd.ops.compiled.decode_detections`)."""
+    return _impl().decode_detections(loc, conf, anchors, variances, max_exponent, width, height)

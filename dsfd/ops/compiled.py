@@ -8,6 +8,7 @@ kernel tests and benchmarks, which must measure the kernels themselves.
 
 from .boxes import batched_nms, box_iou, box_voting, decode_boxes, encode_boxes, nms
 from .fem import upsample_mul
+from .inference import decode_detections, normalize_images
 from .matching import hard_negative_mask, ignore_anchors, match_anchors
 
 __all__ = [
@@ -21,4 +22,6 @@ __all__ = [
     "hard_negative_mask",
     "ignore_anchors",
     "upsample_mul",
+    "normalize_images",
+    "decode_detections",
 ]

@@ -13,7 +13,7 @@ input dtype where the kernel does so.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from ..constants import (
     VOTE_IOU_THRESHOLD,
 )
 
+#: Most image channels :func:`normalize_images` takes (the kernels' limit).
+MAX_IMAGE_CHANNELS = 4
+
 __all__ = [
     "box_iou",
     "encode_boxes",
@@ -38,6 +41,8 @@ __all__ = [
     "hard_negative_mask",
     "ignore_anchors",
     "upsample_mul",
+    "normalize_images",
+    "decode_detections",
     "box_voting",
     "anchors_to_corners",
 ]
@@ -279,6 +284,58 @@ def upsample_mul(upper: Tensor, lateral: Tensor, align_corners: bool = False, re
     up = F.interpolate(upper, size=lateral.shape[-2:], mode="bilinear", align_corners=align_corners)
     out = up * lateral
     return F.relu(out) if relu else out
+
+
+def normalize_images(images: Tensor, mean: Sequence[float], dtype: torch.dtype = torch.float32) -> Tensor:
+    """``uint8 [B, H, W, C]`` images -> ``float(pixel) - mean[c]`` in ``dtype``, as ``[B, C, H, W]`` channels_last.
+
+    Computed in float32 and rounded once to ``dtype``.
+    """
+    _check_normalize(images, mean, dtype)
+    x = images.float() - torch.tensor([float(m) for m in mean], device=images.device)
+    return x.to(dtype).permute(0, 3, 1, 2)
+
+
+def _check_normalize(images: Tensor, mean: Sequence[float], dtype: torch.dtype) -> None:
+    op = "dsfd::normalize_images"
+    if images.dtype != torch.uint8:
+        raise RuntimeError(f"{op}: images must be uint8, got {images.dtype}")
+    if images.dim() != 4:
+        raise RuntimeError(f"{op}: images must be [B, H, W, C], got {tuple(images.shape)}")
+    if images.shape[3] != len(mean):
+        raise RuntimeError(f"{op}: images have {images.shape[3]} channels but mean has {len(mean)} values")
+    if not 1 <= len(mean) <= MAX_IMAGE_CHANNELS:
+        raise RuntimeError(f"{op}: 1 to {MAX_IMAGE_CHANNELS} channels are supported, got {len(mean)}")
+    if not all(math.isfinite(float(m)) for m in mean):
+        raise RuntimeError(f"{op}: mean values must be finite, got {list(mean)}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RuntimeError(f"{op}: dtype must be float32, bfloat16 or float16, got {dtype}")
+
+
+def decode_detections(
+    loc: Tensor, conf: Tensor, anchors: Tensor, variances: Tuple[float, float], max_exponent: float,
+    width: float, height: float,
+) -> Tuple[Tensor, Tensor]:
+    """One shot's raw outputs -> ``boxes[B, A, 4]`` (float32 input pixels) and face ``scores[B, A]`` (float32).
+
+    ``loc[B, A, 4]`` offsets (size offsets clamped at ``max_exponent``),
+    ``conf[B, A, 2]`` background / face logits, ``anchors[A, 4]`` normalised
+    ``cx, cy, w, h``; decoded as :func:`decode_boxes`, then scaled to
+    ``width`` x ``height``. ``score = softmax(conf)[1] = sigmoid(conf1 - conf0)``.
+    """
+    op = "dsfd::decode_detections"
+    if loc.dim() != 3 or loc.shape[-1] != 4 or conf.dim() != 3 or conf.shape[-1] != 2:
+        raise RuntimeError(f"{op}: loc must be [B, A, 4] and conf [B, A, 2], got {tuple(loc.shape)} and {tuple(conf.shape)}")
+    if loc.shape[:2] != conf.shape[:2] or anchors.dim() != 2 or anchors.shape != (loc.shape[1], 4):
+        raise RuntimeError(f"{op}: loc {tuple(loc.shape)}, conf {tuple(conf.shape)} and anchors "
+                           f"{tuple(anchors.shape)} must agree on B and A")
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        raise RuntimeError(f"{op}: width and height must be positive, got {width} x {height}")
+    scores = torch.sigmoid(conf[..., 1].float() - conf[..., 0].float())
+    loc = torch.cat([loc[..., :2].float(), loc[..., 2:].float().clamp(max=max_exponent)], -1)
+    boxes = decode_boxes(loc, anchors.float(), variances)
+    boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
+    return boxes, scores
 
 
 def box_voting(
