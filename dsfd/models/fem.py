@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .onednn import conv_act, conv_from_weights, onednn_available
 
 __all__ = [
     "fuse_conv_weights",
@@ -134,6 +135,14 @@ def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(new_bias)
 
 
+def _version_of(t: Tensor) -> int:
+    """``t._version``; -1 for a tensor made under ``inference_mode`` (no version counter; it cannot change)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 class _FusedConvCache:
     """Cache of the fused weight of a group of convs, invalidated by parameter versions.
 
@@ -143,9 +152,23 @@ class _FusedConvCache:
     def __init__(self) -> None:
         self.key: Optional[tuple] = None
         self.value: Optional[Tuple[Tensor, Optional[Tensor], int, int]] = None
+        self._conv: Optional[nn.Module] = None
+        self._conv_source: Optional[tuple] = None
 
     def clear(self) -> None:
         self.key = self.value = None
+        self._conv: Optional[nn.Module] = None
+        self._conv_source: Optional[tuple] = None
+
+    def conv(self) -> Optional[nn.Module]:
+        """The cached fused weight as a :class:`~dsfd.models.onednn.OneDNNConv2d` (packed once for CPU
+        inference), or ``None`` without oneDNN; valid until the next :meth:`get` changes the value."""
+        if self.value is None or not onednn_available():
+            return None
+        if self._conv is None or self._conv_source is not self.value:
+            w, b, pad, d = self.value
+            self._conv, self._conv_source = conv_from_weights(w, b, pad, d), self.value
+        return self._conv
 
     def get(self, convs: Sequence[nn.Conv2d]) -> Tuple[Tensor, Optional[Tensor], int, int]:
         params = [p for c in convs for p in (c.weight, c.bias) if p is not None]
@@ -156,7 +179,7 @@ class _FusedConvCache:
         tracing = torch.jit.is_tracing() or (hasattr(torch, "compiler") and torch.compiler.is_compiling())
         if needs_grad or tracing:
             return fuse_conv_weights(ws, bs, ds)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device, tuple(p.shape)) for p in params)
+        key = tuple((p.data_ptr(), _version_of(p), p.dtype, p.device, tuple(p.shape)) for p in params)
         if key != self.key or self.value is None:
             with torch.no_grad():
                 detached_b = [b.detach() if b is not None else None for b in bs]
@@ -183,9 +206,14 @@ class _FusingModule(nn.Module):
             if isinstance(v, _FusedConvCache):
                 v.clear()
 
-    def _fused_conv(self, cache: _FusedConvCache, convs: Sequence[nn.Conv2d], x: Tensor) -> Tensor:
+    def _fused_conv(self, cache: _FusedConvCache, convs: Sequence[nn.Conv2d], x: Tensor,
+                    activation: str = "none") -> Tensor:
         w, b, pad, d = cache.get(convs)
-        return F.conv2d(x, w, b, padding=pad, dilation=d)
+        packed = cache.conv() if cache.value is not None and w is cache.value[0] else None
+        if packed is not None:  # the cached weight (eval): oneDNN with a packed weight, activation fused
+            return packed.run(x, activation)
+        y = F.conv2d(x, w, b, padding=pad, dilation=d)
+        return F.relu(y) if activation == "relu" else y
 
 
 # --------------------------------------------------------------------------- paper FEM
@@ -263,12 +291,14 @@ class FEMBranches(_FusingModule):
             return self._forward_norm(x)
         if self._use_fused():
             c1, c2, _ = self.split
-            # one ReLU over the whole stem output: branches 2 and 3 need it, and on branch 1 it is what
-            # the final ReLU does anyway (ReLU twice is ReLU); cheaper than ReLUs on channel slices
-            y = F.relu(self._fused_conv(self._stem_cache, self.first_convs(), x), inplace=True)
+            # the ReLU of branches 2 and 3's first convs over the whole stem output (on branch 1 it is what
+            # the final ReLU does anyway); the final ReLU over the concatenation is the ReLU of each part,
+            # so each part's last conv applies it: every ReLU here runs inside a convolution (oneDNN)
+            y = self._fused_conv(self._stem_cache, self.first_convs(), x, "relu")
             x1 = y[:, :c1]
-            x2 = self.branch2[2](y[:, c1 : c1 + c2])
-            x3 = self.branch3[4](F.relu(self.branch3[2](y[:, c1 + c2 :])))
+            x2 = conv_act(self.branch2[2], y[:, c1 : c1 + c2], "relu")
+            x3 = conv_act(self.branch3[4], conv_act(self.branch3[2], y[:, c1 + c2 :], "relu"), "relu")
+            return torch.cat([x1, x2, x3], 1)
         else:
             x1 = _conv(self.branch1, x)
             x2 = _conv(self.branch2[2], F.relu(_conv(self.branch2[0], x)))
@@ -378,6 +408,11 @@ class FeatureEnhanceModule(nn.Module):
         y = self.top_down[l](x)
         return self.top_down_norm[l](y) if self.top_down_norm is not None else y
 
+    def _top_down_relu(self, l: int, x: Tensor) -> Tensor:
+        if self.top_down_norm is None:
+            return conv_act(self.top_down[l], x, "relu")  # fused into the convolution where it can be
+        return F.relu(self._top_down(l, x))
+
     def _lateral(self, l: int, x: Tensor) -> Tensor:
         y = self.lateral[l](x)
         return self.lateral_norm[l](y) if self.lateral_norm is not None else y
@@ -397,9 +432,9 @@ class FeatureEnhanceModule(nn.Module):
         if n != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature maps, got {n}")
         t: List[Tensor] = [features[0]] * n
-        t[n - 1] = F.relu(self._top_down(n - 1, features[n - 1]))
+        t[n - 1] = self._top_down_relu(n - 1, features[n - 1])
         for l in range(n - 2, -1, -1):
-            upper = F.relu(self._top_down(l, t[l + 1]))
+            upper = self._top_down_relu(l, t[l + 1])
             t[l] = ops.upsample_mul(upper, self._lateral(l, features[l]), align_corners=self.align_corners, relu=True)
         return t
 
@@ -455,14 +490,14 @@ class ContextFEM(_FusingModule):
     def forward(self, x: Tensor) -> Tensor:
         w1, w2 = self.width
         if self._use_fused():
-            at = F.relu(self._fused_conv(self._cache12, [self.cpm1, self.cpm2], x))
+            at = self._fused_conv(self._cache12, [self.cpm1, self.cpm2], x, "relu")
             a, t = at[:, :w1], at[:, w1:]
-            bu = F.relu(self._fused_conv(self._cache34, [self.cpm3, self.cpm4], t))
+            bu = self._fused_conv(self._cache34, [self.cpm3, self.cpm4], t, "relu")
             b, u = bu[:, :w2], bu[:, w2:]
         else:
-            a = F.relu(self.cpm1(x))
-            t = F.relu(self.cpm2(x))
-            b = F.relu(self.cpm3(t))
-            u = F.relu(self.cpm4(t))
-        c = F.relu(self.cpm5(u))
+            a = conv_act(self.cpm1, x, "relu")
+            t = conv_act(self.cpm2, x, "relu")
+            b = conv_act(self.cpm3, t, "relu")
+            u = conv_act(self.cpm4, t, "relu")
+        c = conv_act(self.cpm5, u, "relu")
         return torch.cat([a, b, c], 1)

@@ -25,6 +25,7 @@ from torch import nn
 
 from .fusion import fold_batchnorm as fold_conv_batchnorms
 from .interface import DetectionModel
+from .onednn import use_onednn_convolutions
 
 __all__ = ["prepare_for_inference", "shape_only_copy", "feature_map_sizes"]
 
@@ -39,6 +40,7 @@ def prepare_for_inference(
     fold_batchnorm: bool = True,
     channels_last: bool = False,
     compile: bool = False,
+    onednn: bool = True,
 ) -> nn.Module:
     """A copy of ``model`` ready to run under ``dtype`` autocast on ``device``; ``model`` itself is never changed.
 
@@ -53,6 +55,11 @@ def prepare_for_inference(
       precision once - autocast would cast them again on every call (its
       weight cache only keeps tensors that require grad); the same numbers;
     * moved to ``device``; ``channels_last`` memory format;
+    * ``onednn`` on the CPU (not compiled): every convolution runs through
+      oneDNN with a packed weight, with the ``ReLU`` / ``LeakyReLU`` that
+      follows it inside a Sequential fused in
+      (:func:`dsfd.models.onednn.use_onednn_convolutions`; bf16 outputs then
+      differ by at most one bf16 rounding step);
     * ``compile``: wrapped in ``torch.compile`` (the prepared network is then
       the result's ``_orig_mod``).
     """
@@ -68,6 +75,8 @@ def prepare_for_inference(
     prepared.to(device)
     if channels_last:
         prepared.to(memory_format=torch.channels_last)
+    if onednn and torch.device(device).type == "cpu" and not compile:
+        use_onednn_convolutions(prepared)
     return torch.compile(prepared) if compile else prepared
 
 
