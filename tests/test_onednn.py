@@ -116,6 +116,8 @@ def test_packed_weight_follows_in_place_changes_and_copies():
     x = _input()
     with torch.inference_mode():
         before = seq(x)
+        assert seq[0]._packed is None  # one call of a shape: the plain weight
+        assert torch.equal(seq(x), before)  # the second packs; the packed weight gives the same numbers
     assert seq[0]._packed is not None
     with torch.no_grad():
         seq[0].weight.mul_(2)  # in place: the version changes, the packed copy must follow
@@ -133,6 +135,17 @@ def test_packed_weight_follows_in_place_changes_and_copies():
         with torch.inference_mode():
             torch.testing.assert_close(clone(x), after, rtol=0, atol=0)
     assert list(seq.state_dict()) == list(_stack(nn.ReLU()).state_dict())
+
+
+def test_packing_follows_the_input_shape():
+    seq = _stack(nn.LeakyReLU(0.1))
+    fused = copy.deepcopy(seq)
+    use_onednn_convolutions(fused)
+    a, b = _input((1, 8, 40, 56)), _input((2, 8, 9, 13))
+    with torch.inference_mode():
+        for x in (a, a, a, b, a, b, b, b):  # packed for a, then b, then a again: always the right numbers
+            torch.testing.assert_close(fused(x), seq(x), rtol=1e-5, atol=1e-5)
+        assert fused[0]._packed[0][-1] == tuple(b.shape)  # the last repeated shape is the packed one
 
 
 def test_conv_from_weights_and_conv_act():
