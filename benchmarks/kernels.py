@@ -177,6 +177,34 @@ def run(device: str, quick: bool) -> Dict[str, object]:
                 "reference": lambda: ref.upsample_mul(ucl, lcl, False, True),
             })
 
+    # the default model's stride-4 FEM step, bf16 channels_last (what CPU detection runs)
+    upper = torch.randn(1, 32, 60, 80, device=device).bfloat16().contiguous(memory_format=torch.channels_last)
+    lateral = torch.randn(1, 32, 120, 160, device=device).bfloat16().contiguous(memory_format=torch.channels_last)
+    b.case("upsample_mul", "B=1, 32x60x80 -> 120x160, bf16 channels_last", {
+        "dsfd": lambda: ops.upsample_mul(upper, lateral, False, True),
+        "reference": lambda: ref.upsample_mul(upper, lateral, False, True),
+    })
+
+    # the inference path: network input of a 640x480 uint8 photo batch, and one shot decoded
+    mean = (104.0, 117.0, 123.0)
+    for batch in (1, 8):
+        images = torch.randint(0, 256, (batch, 480, 640, 3), dtype=torch.uint8, device=device)
+        mean_t = torch.tensor(mean, device=device)
+        b.case("normalize_images", f"B={batch}, 640x480 -> bf16", {
+            "dsfd": lambda: ops.normalize_images(images, mean, torch.bfloat16),
+            "reference": lambda: ref.normalize_images(images, mean, torch.bfloat16),
+            "three_passes": lambda: (images.float() - mean_t).to(torch.bfloat16).permute(0, 3, 1, 2),
+        })
+    anchors = dsfd_anchors(device)
+    g = torch.Generator().manual_seed(0)
+    for batch in (1, 8):
+        loc = torch.randn(batch, NUM_ANCHORS, 4, generator=g).bfloat16().to(device)
+        conf = torch.randn(batch, NUM_ANCHORS, 2, generator=g).bfloat16().to(device)
+        b.case("decode_detections", f"[{batch},{NUM_ANCHORS}] bf16", {
+            "dsfd": lambda: ops.decode_detections(loc, conf, anchors, (0.1, 0.2), 46.0, 640.0, 640.0),
+            "reference": lambda: ref.decode_detections(loc, conf, anchors, (0.1, 0.2), 46.0, 640.0, 640.0),
+        })
+
     return {"hardware": hardware_info(device), "results": b.rows}
 
 

@@ -18,7 +18,8 @@ in the README's headline table and docs/models.md: YuNet's predictions are in ``
     python benchmarks/yunet_compare.py --paths torch ort-fp32 ort-int8   # the three backends beside YuNet
 
 ``--paths`` times several dsfd paths in the same alternation: ``torch``
-(``--dtype``), ``ort-fp32`` (``Detector(backend="onnxruntime")``, the
+(``--dtype``), ``torch-plain`` (the same without the oneDNN convolutions of
+:mod:`dsfd.models.onednn`: PyTorch's own conv and activation ops), ``ort-fp32`` (``Detector(backend="onnxruntime")``, the
 weights exported once) and ``ort-int8`` (the int8 file of ``dsfd export
 --int8`` with its default calibration, built before timing, or ``--int8-file``).
 """
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for path in args.paths:
             if path == "torch":
                 dets[path] = Detector(weights=args.weights, device="cpu", dtype=dtype)
+            elif path == "torch-plain":
+                dets[path] = Detector(weights=args.weights, device="cpu", dtype=dtype, onednn=False)
             elif path == "ort-fp32":
                 dets[path] = Detector(weights=args.weights, backend="onnxruntime")
             else:  # ort-int8: the file of `dsfd export --int8 --weights W` (default calibration), or the one given
@@ -162,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="warm-up photos per detector")
     p.add_argument("--weights", default=None, help="dsfd weights (default: the packaged default model)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="of the torch path")
-    p.add_argument("--paths", nargs="+", choices=["torch", "ort-fp32", "ort-int8"], default=["torch"],
+    p.add_argument("--paths", nargs="+", choices=["torch", "torch-plain", "ort-fp32", "ort-int8"], default=["torch"],
                    help="dsfd paths timed beside YuNet, in alternation (default: torch)")
     p.add_argument("--ort-spinning", choices=["default", "on", "off"], default="default",
                    help="ONNX Runtime's idle intra-op threads spin-wait (on, its default) or sleep (off)")

@@ -86,6 +86,10 @@ class Detector:
             caller's network keeps its mode, gradients, BatchNorms and precision.
         fold_batchnorm: fold every BatchNorm into the convolution before it
             (exact up to float rounding, one pass over each activation less). Default on.
+        onednn: on the CPU, run every convolution through oneDNN with its
+            weight packed once and the activation after it fused
+            (:mod:`dsfd.models.onednn`). Default on; ``False`` runs PyTorch's
+            own convolutions and activations.
         backend: ``"torch"`` (default) or ``"onnxruntime"``: the network in
             ONNX Runtime on the CPU (:mod:`.onnx_backend`), exported once from
             PyTorch weights, or ``weights`` is an ``.onnx`` file from ``dsfd
@@ -121,6 +125,7 @@ class Detector:
         model: Optional[nn.Module] = None,
         fold_batchnorm: bool = True,
         backend: str = "torch",
+        onednn: bool = True,
     ) -> None:
         from ..precision import resolve_dtype
 
@@ -149,7 +154,8 @@ class Detector:
         else:
             loaded = load_network(weights, network, backbone, model, stacklevel=2)
             self._torch = TorchNetwork(loaded.model, device=self.device, dtype=self.dtype, compile=compile,
-                                       channels_last=self.channels_last, fold_batchnorm=fold_batchnorm)
+                                       channels_last=self.channels_last, fold_batchnorm=fold_batchnorm,
+                                       onednn=onednn)
         self.model = loaded.model if self._torch is None else self._torch.model
         self.weights, self.random_weights = loaded.weights, loaded.random_weights
         #: Score from which a face is drawn / saved by default: the model's own threshold

@@ -32,9 +32,9 @@ class TorchNetwork:
     """
 
     def __init__(self, model: nn.Module, *, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 compile: bool = False, fold_batchnorm: bool = True) -> None:
+                 compile: bool = False, fold_batchnorm: bool = True, onednn: bool = True) -> None:
         self.network = prepare_for_inference(model, device=device, dtype=dtype, fold_batchnorm=fold_batchnorm,
-                                             channels_last=channels_last, compile=compile)
+                                             channels_last=channels_last, compile=compile, onednn=onednn)
         self.model = getattr(self.network, "_orig_mod", self.network)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self._low_precision_input = dtype in (torch.bfloat16, torch.float16) and all(
