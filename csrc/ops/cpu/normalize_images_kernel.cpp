@@ -1,36 +1,25 @@
 // CPU kernel for dsfd::normalize_images. The pixels are one flat run of
 // B*H*W*C bytes; the means repeat every C values, so the run is cut into
 // blocks of 16*C values against a 16*C-long row of means: a fixed inner loop
-// the compiler vectorises (built for baseline x86-64 and, on Linux/GCC, for
-// AVX2 and AVX-512 too, picked when the library loads).
+// the compiler vectorises (DSFD_CPU_CLONES, simd.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "../normalize_images.h"
+#include "simd.h"
 
 namespace dsfd {
 namespace {
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define DSFD_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define DSFD_CPU_CLONES
-#endif
-
 constexpr int64_t kPixelsPerBlock = 16;
 
-// c10::BFloat16's rounding (nearest even) without its NaN branch: pixel - mean is finite here (the means
-// are checked), and the branch-free form vectorises better (measured: the whole op 1.2x faster)
-inline uint16_t finite_float_to_bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
+// pixel - mean is finite (the means are checked): the branch-free rounding vectorises better
+// (measured: the whole op 1.2x faster than with the NaN branch)
+using simd::finite_float_to_bf16_bits;
 
 DSFD_CPU_CLONES void normalize_float(const uint8_t* in, float* out, const float* row, int64_t n, int64_t block) {
   int64_t i = 0;
