@@ -80,12 +80,13 @@ $PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 120)
 if want tests; then
   # every kernel against the CPU kernel / reference / torchvision, on the GPU (and the CPU cases beside)
   run test_ops 200 "${PYTEST[@]}" tests/test_ops_boxes.py tests/test_ops_nms.py tests/test_ops_matching.py \
-    tests/test_ops_ignore.py tests/test_ops_fem.py tests/test_ops_box_voting.py tests/test_ops_compile.py
+    tests/test_ops_ignore.py tests/test_ops_fem.py tests/test_ops_box_voting.py tests/test_ops_compile.py \
+    tests/test_ops_inference.py
   # the model / inference / training / loss tests with CUDA cases
   run test_cuda_other 200 "${PYTEST[@]}" tests -k "cuda or gpu" --ignore=tests/test_ops_boxes.py \
     --ignore=tests/test_ops_nms.py --ignore=tests/test_ops_matching.py --ignore=tests/test_ops_ignore.py \
     --ignore=tests/test_ops_fem.py \
-    --ignore=tests/test_ops_box_voting.py --ignore=tests/test_ops_compile.py
+    --ignore=tests/test_ops_box_voting.py --ignore=tests/test_ops_compile.py --ignore=tests/test_ops_inference.py
   grep -hE "^(FAILED|ERROR)" "$WORK"/test_*.log | head -30 | tee -a "$summary"
 fi
 
