@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .onednn import conv_act, conv_from_weights, onednn_available
+from .onednn import conv_act, conv_from_weights, onednn_available, version_of
 
 __all__ = [
     "fuse_conv_weights",
@@ -135,14 +135,6 @@ def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(new_bias)
 
 
-def _version_of(t: Tensor) -> int:
-    """``t._version``; -1 for a tensor made under ``inference_mode`` (no version counter; it cannot change)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return -1
-
-
 class _FusedConvCache:
     """Cache of the fused weight of a group of convs, invalidated by parameter versions.
 
@@ -160,15 +152,20 @@ class _FusedConvCache:
         self._conv: Optional[nn.Module] = None
         self._conv_source: Optional[tuple] = None
 
-    def conv(self) -> Optional[nn.Module]:
-        """The cached fused weight as a :class:`~dsfd.models.onednn.OneDNNConv2d` (packed once for CPU
-        inference), or ``None`` without oneDNN; valid until the next :meth:`get` changes the value."""
-        if self.value is None or not onednn_available():
-            return None
-        if self._conv is None or self._conv_source is not self.value:
-            w, b, pad, d = self.value
-            self._conv, self._conv_source = conv_from_weights(w, b, pad, d), self.value
-        return self._conv
+    def run(self, convs: Sequence[nn.Conv2d], x: Tensor, activation: str = "none") -> Tensor:
+        """``activation`` (``"none"`` / ``"relu"``) of the fused convolution of ``convs`` on ``x``.
+
+        With the cached weight (eval) and oneDNN, it runs as a
+        :class:`~dsfd.models.onednn.OneDNNConv2d` (packed weight, activation
+        fused), built once per cached value; otherwise ``F.conv2d``.
+        """
+        w, b, pad, d = self.get(convs)
+        if self.value is not None and w is self.value[0] and onednn_available():
+            if self._conv is None or self._conv_source is not self.value:
+                self._conv, self._conv_source = conv_from_weights(w, b, pad, d), self.value
+            return self._conv.run(x, activation)
+        y = F.conv2d(x, w, b, padding=pad, dilation=d)
+        return F.relu(y) if activation == "relu" else y
 
     def get(self, convs: Sequence[nn.Conv2d]) -> Tuple[Tensor, Optional[Tensor], int, int]:
         params = [p for c in convs for p in (c.weight, c.bias) if p is not None]
@@ -179,7 +176,7 @@ class _FusedConvCache:
         tracing = torch.jit.is_tracing() or (hasattr(torch, "compiler") and torch.compiler.is_compiling())
         if needs_grad or tracing:
             return fuse_conv_weights(ws, bs, ds)
-        key = tuple((p.data_ptr(), _version_of(p), p.dtype, p.device, tuple(p.shape)) for p in params)
+        key = tuple((p.data_ptr(), version_of(p), p.dtype, p.device, tuple(p.shape)) for p in params)
         if key != self.key or self.value is None:
             with torch.no_grad():
                 detached_b = [b.detach() if b is not None else None for b in bs]
@@ -205,15 +202,6 @@ class _FusingModule(nn.Module):
         for v in self.__dict__.values():
             if isinstance(v, _FusedConvCache):
                 v.clear()
-
-    def _fused_conv(self, cache: _FusedConvCache, convs: Sequence[nn.Conv2d], x: Tensor,
-                    activation: str = "none") -> Tensor:
-        w, b, pad, d = cache.get(convs)
-        packed = cache.conv() if cache.value is not None and w is cache.value[0] else None
-        if packed is not None:  # the cached weight (eval): oneDNN with a packed weight, activation fused
-            return packed.run(x, activation)
-        y = F.conv2d(x, w, b, padding=pad, dilation=d)
-        return F.relu(y) if activation == "relu" else y
 
 
 # --------------------------------------------------------------------------- paper FEM
@@ -294,7 +282,7 @@ class FEMBranches(_FusingModule):
             # the ReLU of branches 2 and 3's first convs over the whole stem output (on branch 1 it is what
             # the final ReLU does anyway); the final ReLU over the concatenation is the ReLU of each part,
             # so each part's last conv applies it: every ReLU here runs inside a convolution (oneDNN)
-            y = self._fused_conv(self._stem_cache, self.first_convs(), x, "relu")
+            y = self._stem_cache.run(self.first_convs(), x, "relu")
             x1 = y[:, :c1]
             x2 = conv_act(self.branch2[2], y[:, c1 : c1 + c2], "relu")
             x3 = conv_act(self.branch3[4], conv_act(self.branch3[2], y[:, c1 + c2 :], "relu"), "relu")
@@ -490,9 +478,9 @@ class ContextFEM(_FusingModule):
     def forward(self, x: Tensor) -> Tensor:
         w1, w2 = self.width
         if self._use_fused():
-            at = self._fused_conv(self._cache12, [self.cpm1, self.cpm2], x, "relu")
+            at = self._cache12.run([self.cpm1, self.cpm2], x, "relu")
             a, t = at[:, :w1], at[:, w1:]
-            bu = self._fused_conv(self._cache34, [self.cpm3, self.cpm4], t, "relu")
+            bu = self._cache34.run([self.cpm3, self.cpm4], t, "relu")
             b, u = bu[:, :w2], bu[:, w2:]
         else:
             a = conv_act(self.cpm1, x, "relu")

@@ -107,9 +107,7 @@ class DSFDHead(nn.Module):
             n_loc = self.num_anchors * 4
             outs = []
             for cache, lc, cc, x in zip(self._fused, self.loc, self.conf, features):
-                w, b, pad, d = cache.get([lc, cc])
-                packed = cache.conv() if cache.value is not None and w is cache.value[0] else None
-                outs.append(packed.run(x, "none") if packed is not None else F.conv2d(x, w, b, padding=pad, dilation=d))
+                outs.append(cache.run([lc, cc], x))
             loc = flatten_levels([o[:, :n_loc] for o in outs], 4)
             conf = flatten_levels([o[:, n_loc:] for o in outs], self.num_classes)
             return loc, conf

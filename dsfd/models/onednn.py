@@ -42,6 +42,14 @@ __all__ = ["OneDNNConv2d", "onednn_available", "use_onednn_convolutions", "conv_
 _FLOAT_TYPES = (torch.float32, torch.bfloat16)
 
 
+def version_of(t: Tensor) -> int:
+    """``t._version``; -1 for a tensor made under ``inference_mode`` (no version counter; it cannot change)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def onednn_available() -> bool:
     """Whether this PyTorch build has oneDNN's fused convolution op (x86 and ARM builds do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -110,11 +118,7 @@ class OneDNNConv2d(nn.Conv2d):
         the shape stays; a call with another shape runs the plain weight.
         """
         w = self.weight
-        try:
-            version = w._version
-        except RuntimeError:  # a weight made under inference_mode has no version counter (and cannot change)
-            version = -1
-        key = (w.data_ptr(), version, w.dtype, tuple(w.shape), tuple(x.shape))
+        key = (w.data_ptr(), version_of(w), w.dtype, tuple(w.shape), tuple(x.shape))
         if self._packed is not None and self._packed[0] == key:
             return self._packed[1]
         if self._last_key != key:
