@@ -177,3 +177,67 @@ def test_prepared_networks_with_and_without_onednn_agree(backbone, network):
     assert not any(isinstance(m, OneDNNConv2d) for m in prepare_for_inference(net, device="cpu", onednn=False).modules())
     torch.testing.assert_close(shots[True].loc, shots[False].loc, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(shots[True].conf, shots[False].conf, rtol=1e-4, atol=1e-4)
+
+
+def test_identity_free_sequential_skips_identities_and_keeps_the_state_dict():
+    seq = _stack(nn.ReLU())
+    keys = list(seq.state_dict())
+    fused = copy.deepcopy(seq)
+    use_onednn_convolutions(fused)
+    assert type(fused).__name__ == "IdentityFreeSequential" and len(fused) == len(seq)
+    assert list(fused.state_dict()) == keys
+    x = _input()
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), seq(x), rtol=1e-5, atol=1e-5)
+        assert [type(m).__name__ for m in fused._running_for[1]] == ["OneDNNConv2d"] * 3  # what runs
+        fused[5] = nn.Identity()  # editing the Sequential changes what runs
+        seq[5] = nn.Identity()
+        torch.testing.assert_close(fused(x), seq(x), rtol=1e-5, atol=1e-5)
+        fused.append(nn.Tanh())
+        assert torch.equal(fused(x), torch.tanh(fused[:6](x)))
+    for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        with torch.inference_mode():
+            assert torch.equal(clone(x), fused(x))
+        assert all(a is b for a, b in zip(clone._running_for[1], [m for m in clone if type(m) is not nn.Identity]))
+
+
+def test_repeated_calls_take_the_packed_path_only_while_it_is_valid():
+    """The shortcut for a repeated call must give way to autograd, another dtype, autocast off and new weights."""
+    seq = _stack(nn.LeakyReLU(0.1), dtype=torch.bfloat16)
+    fused = copy.deepcopy(seq)
+    use_onednn_convolutions(fused)
+    x32 = _input()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [fused(x32) for _ in range(4)]  # float32 input, cast to the bf16 weights as autocast would
+        want = seq(x32)
+    assert fused[0]._hit is not None and fused[0]._hit[6] == torch.bfloat16
+    assert all(torch.equal(o, outs[1]) for o in outs[1:])
+    assert (outs[-1].float() - want.float()).abs().max() <= 4 * BF16_STEP * want.float().abs().max()
+    with torch.inference_mode():  # autocast off: a float32 input no longer matches the bf16 weights
+        with pytest.raises(RuntimeError):
+            fused(x32)
+    xg = x32.to(torch.bfloat16).requires_grad_(True)
+    y = fused(xg)  # grad mode: the plain ops, so autograd sees them
+    assert y.requires_grad and y.grad_fn is not None
+    y.float().sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    with torch.no_grad():
+        fused[0].weight.mul_(-1)
+        seq[0].weight.mul_(-1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = [fused(x32) for _ in range(3)]
+        want = seq(x32)
+    assert not torch.equal(after[-1], outs[-1])
+    assert (after[-1].float() - want.float()).abs().max() <= 4 * BF16_STEP * want.float().abs().max()
+
+
+def test_version_of_inference_tensors_does_not_raise():
+    from dsfd.models.onednn import version_of
+
+    with torch.inference_mode():
+        t = torch.ones(3)
+    assert version_of(t) == -1
+    u = torch.ones(3)
+    v = version_of(u)
+    u.add_(1)
+    assert version_of(u) == v + 1
