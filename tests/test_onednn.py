@@ -241,3 +241,42 @@ def test_version_of_inference_tensors_does_not_raise():
     v = version_of(u)
     u.add_(1)
     assert version_of(u) == v + 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels,size", [(48, (13, 17)), (96, (4, 5)), (32, (9, 11))])
+def test_fem_branch_tail_as_two_grouped_convs_is_exact(dtype, channels, size):
+    """The grouped tail (equal branch widths) gives the sliced convolutions' numbers; unequal widths keep them."""
+    from dsfd.models.fem import FEMBranches
+
+    torch.manual_seed(5)
+    block = FEMBranches(channels).eval()
+    for p in block.parameters():  # biases too: an identity group must add nothing
+        p.data.normal_(0, 0.2)
+    fused = copy.deepcopy(block).to(dtype).to(memory_format=torch.channels_last)
+    use_onednn_convolutions(fused)
+    x = torch.randn(1, channels, *size).relu().to(dtype).contiguous(memory_format=torch.channels_last)
+    grouped_expected = channels % 3 == 0
+    with torch.inference_mode():
+        got = [fused(x) for _ in range(3)]  # the third call runs packed weights
+        assert (fused._tail_cache.convs is not None) == grouped_expected
+        fused._grouped_tail_applies = lambda y: False  # the sliced path of the same module
+        sliced = fused(x)
+        del fused._grouped_tail_applies
+        want = block.to(dtype)(x)
+    scale = want.float().abs().max()
+    tol = (2 * BF16_STEP if dtype == torch.bfloat16 else 1e-5) * scale  # another kernel, another summation order
+    for g in got:
+        assert (g.float() - sliced.float()).abs().max() <= tol
+    assert (got[-1].float() - want.float()).abs().max() <= 2 * tol
+    c1 = channels // 3  # branch 1 passes through the identity group exactly
+    assert torch.equal(got[-1][:, :c1], sliced[:, :c1])
+    # new weights (in place) reach the cached grouped convolutions
+    with torch.no_grad():
+        fused.branch3[4].weight.mul_(-1)
+    with torch.inference_mode():
+        after = [fused(x) for _ in range(3)]
+        fused._grouped_tail_applies = lambda y: False
+        sliced_after = fused(x)
+    assert (after[-1].float() - sliced_after.float()).abs().max() <= tol
+    assert (after[-1].float() - got[-1].float()).abs().max() > 10 * tol

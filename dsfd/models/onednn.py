@@ -182,12 +182,14 @@ class OneDNNConv2d(nn.Conv2d):
         return _conv_pointwise(x, *args)
 
 
-def conv_from_weights(weight: Tensor, bias: Optional[Tensor], padding: int, dilation: int) -> OneDNNConv2d:
+def conv_from_weights(weight: Tensor, bias: Optional[Tensor], padding: int, dilation: int,
+                      groups: int = 1) -> OneDNNConv2d:
     """A stride-1 :class:`OneDNNConv2d` around existing tensors (not copied; no gradients), e.g. the
-    concatenated weight of several convolutions that read the same input."""
-    out_channels, in_channels, kh, kw = weight.shape
-    conv = nn.Conv2d(in_channels, out_channels, (kh, kw), padding=padding, dilation=dilation, bias=bias is not None,
-                     device="meta")
+    concatenated weight of several convolutions that read the same input (or, with ``groups``, each
+    its own group of input channels)."""
+    out_channels, group_in_channels, kh, kw = weight.shape
+    conv = nn.Conv2d(group_in_channels * groups, out_channels, (kh, kw), padding=padding, dilation=dilation,
+                     groups=groups, bias=bias is not None, device="meta")
     conv.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
         conv.bias = nn.Parameter(bias, requires_grad=False)
@@ -197,7 +199,8 @@ def conv_from_weights(weight: Tensor, bias: Optional[Tensor], padding: int, dila
 def conv_act(conv: nn.Module, x: Tensor, activation: str) -> Tensor:
     """``activation(conv(x))`` for an ``nn.Conv2d`` without an activation of its own; fused when ``conv``
     is a :class:`OneDNNConv2d` on its fast path. ``activation``: ``"none"`` or ``"relu"``."""
-    if isinstance(conv, OneDNNConv2d) and conv.activation == "none":
+    if isinstance(conv, OneDNNConv2d) and conv.activation in ("none", activation):
+        # (a ReLU that follows the conv in its Sequential was already fused into it: applied once, not twice)
         return conv.run(x, activation)
     y = conv(x)
     return torch.relu(y) if activation == "relu" else y
