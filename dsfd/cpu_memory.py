@@ -7,8 +7,9 @@ network's activations are megabytes each, allocated and freed on every
 forward pass, so each pass maps fresh pages and faults on the first touch of
 each one. Measured on the default model at 640x480 (2-core Xeon with AMX,
 bf16): 1,168 to 2,036 minor page faults per forward; with both thresholds
-raised, 0, and the forward 14.5 -> 12.1 ms. Raising only one of them made it
-worse (fixed thresholds turn off glibc's own adjustment).
+raised, 0, and the forward 14.5 -> 12.1 ms in a loop (beside YuNet, with
+OpenCV in the same process, the end-to-end gain was ~2%). Raising only one
+of them made it worse (fixed thresholds turn off glibc's own adjustment).
 
 The settings are process-wide, as ``LD_PRELOAD``-ing jemalloc or tcmalloc
 (what PyTorch's CPU performance guide recommends) would be: the process keeps

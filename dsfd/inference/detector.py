@@ -99,8 +99,8 @@ class Detector:
 
     On the CPU the detector also keeps freed memory in the process for
     reuse (glibc's malloc thresholds, :mod:`dsfd.cpu_memory`; process-wide;
-    ``DSFD_RETAIN_CPU_MEMORY=0`` turns it off): without it every forward
-    page-faults on its activations (measured: ~15% of the time).
+    ``DSFD_RETAIN_CPU_MEMORY=0`` turns it off): without it a forward can
+    page-fault on every activation (measured: up to ~15% of the network's time).
 
     Example::
 
@@ -152,7 +152,7 @@ class Detector:
         default_cl = self.device.type == "cuda" or self.dtype == torch.bfloat16
         self.channels_last = default_cl if channels_last is None else bool(channels_last)
         if self.device.type == "cpu":
-            retain_freed_memory()  # no page faults on every forward's activations (dsfd.cpu_memory: ~15%)
+            retain_freed_memory()  # freed activations reused, not page-faulted in again (dsfd.cpu_memory)
         # the network: self._ort (ONNX Runtime) or self._torch (PyTorch); self.model describes it
         self._ort: Any = None
         self._torch: Optional[TorchNetwork] = None
