@@ -135,6 +135,11 @@ def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias.copy_(new_bias)
 
 
+def _params_key(params: Sequence[Tensor]) -> tuple:
+    """What a cache built from ``params`` depends on: storage, version (in-place changes), dtype, device, shape."""
+    return tuple((p.data_ptr(), version_of(p), p.dtype, p.device, tuple(p.shape)) for p in params)
+
+
 class _FusedConvCache:
     """Cache of the fused weight of a group of convs, invalidated by parameter versions.
 
@@ -176,7 +181,7 @@ class _FusedConvCache:
         tracing = torch.jit.is_tracing() or (hasattr(torch, "compiler") and torch.compiler.is_compiling())
         if needs_grad or tracing:
             return fuse_conv_weights(ws, bs, ds)
-        key = tuple((p.data_ptr(), version_of(p), p.dtype, p.device, tuple(p.shape)) for p in params)
+        key = _params_key(params)
         if key != self.key or self.value is None:
             with torch.no_grad():
                 detached_b = [b.detach() if b is not None else None for b in bs]
@@ -213,7 +218,7 @@ class _GroupedTailCache:
     def get(self, block: "FEMBranches") -> Tuple[nn.Module, nn.Module]:
         tail = (block.branch2[2], block.branch3[2], block.branch3[4])
         params = [p for c in tail for p in (c.weight, c.bias)]
-        key = tuple((p.data_ptr(), version_of(p), p.dtype, p.device) for p in params)
+        key = _params_key(params)
         if key != self.key or self.convs is None:
             with torch.no_grad():
                 w2, w3, w4 = (c.weight.detach() for c in tail)

@@ -197,8 +197,9 @@ def conv_from_weights(weight: Tensor, bias: Optional[Tensor], padding: int, dila
 
 
 def conv_act(conv: nn.Module, x: Tensor, activation: str) -> Tensor:
-    """``activation(conv(x))`` for an ``nn.Conv2d`` without an activation of its own; fused when ``conv``
-    is a :class:`OneDNNConv2d` on its fast path. ``activation``: ``"none"`` or ``"relu"``."""
+    """``activation(conv(x))`` for an ``nn.Conv2d`` without an activation of its own, or whose fused one is
+    ``activation`` (then applied once); fused when ``conv`` is a :class:`OneDNNConv2d` on its fast path.
+    ``activation``: ``"none"`` or ``"relu"``."""
     if isinstance(conv, OneDNNConv2d) and conv.activation in ("none", activation):
         # (a ReLU that follows the conv in its Sequential was already fused into it: applied once, not twice)
         return conv.run(x, activation)
