@@ -28,7 +28,9 @@ def read_checkpoint(
     """Read a checkpoint file: ``(state_dict, config or None)``.
 
     Unwraps ``{"model" | "state_dict" | "weight": state_dict, "config": ...}``
-    and strips a ``module.`` prefix.
+    and strips a ``module.`` prefix. A training checkpoint of a run with
+    ``--ema`` is read as its weight average (``"ema"``), the network its
+    run validated and the one ``final.pt`` holds.
     """
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -46,7 +48,7 @@ def read_checkpoint(
         ) from e
     config: Optional[Dict[str, Any]] = None
     if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "weight", "model_state_dict"):
+        for key in ("ema", "model", "state_dict", "weight", "model_state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
                 cfg = obj.get("config")
                 config = dict(cfg) if isinstance(cfg, Mapping) else None

@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read
 (no pickled classes), so :func:`dsfd.models.load_weights` loads its
-``"model"`` / ``"config"`` entries directly::
+``"model"`` / ``"config"`` entries directly (``"ema"`` first, when present)::
 
     {
         "model": state_dict,              # of the bare model (no "module." prefix)
@@ -15,11 +15,13 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read
         "args": TrainConfig.to_dict(),
         "format": "dsfd-train-v1",
         "rng_ranks": [rng of rank 0, rank 1, ...],   # distributed runs only
+        "ema": state_dict, "ema_updates": int,       # runs with --ema only
     }
 
 :func:`training_state` builds it and :func:`restore_training_state` reads it
 back (one place for the format); ``final.pt`` (:func:`final_weights`) holds
-only ``model``, ``config``, ``iteration``, ``args`` and ``format``.
+only ``model`` (the moving average in runs with ``--ema``), ``config``,
+``iteration``, ``args`` and ``format``.
 
 Resuming continues exactly: the checkpoint holds the model, optimizer
 (momentum buffers), scheduler, GradScaler, the iteration and every RNG
@@ -53,6 +55,7 @@ from torch import nn
 
 from ..models import load_state_dict_checked
 from .distributed import DistInfo, ShardedBatchSampler
+from .ema import WeightEMA
 from .optimization import Optimization
 
 __all__ = [
@@ -193,12 +196,13 @@ def training_state(
     roots: List[Dict[str, Any]],
     args: Dict[str, Any],
     rng_ranks: Optional[List[Dict[str, Any]]] = None,
+    ema: Optional[WeightEMA] = None,
 ) -> Dict[str, Any]:
     """The full training state after ``iteration`` steps (the format of the module docstring).
 
     ``sampler`` describes the data order (images, global batch, seed, world
     size), ``roots`` the images and boxes per data root, ``args`` the run's
-    ``TrainConfig.to_dict()``.
+    ``TrainConfig.to_dict()``, ``ema`` the run's weight average (if any).
     """
     epoch, pos = sampler.position(iteration)
     ckpt: Dict[str, Any] = {
@@ -224,6 +228,9 @@ def training_state(
     }
     if rng_ranks is not None:
         ckpt["rng_ranks"] = rng_ranks
+    if ema is not None:
+        ckpt["ema"] = ema.state_dict()
+        ckpt["ema_updates"] = int(ema.updates)
     return ckpt
 
 
@@ -246,11 +253,17 @@ def save_collective(
 
 
 def restore_training_state(
-    path: Path, model: nn.Module, optimization: Optimization, sampler: ShardedBatchSampler, info: DistInfo
+    path: Path,
+    model: nn.Module,
+    optimization: Optimization,
+    sampler: ShardedBatchSampler,
+    info: DistInfo,
+    ema: Optional[WeightEMA] = None,
 ) -> int:
-    """Loads a :func:`training_state` file into the model, the optimiser side and this rank's RNGs.
+    """Loads a :func:`training_state` file into the model, the optimiser side, ``ema`` and this rank's RNGs.
 
-    Returns the checkpoint's iteration. Data settings that differ from the
+    Returns the checkpoint's iteration. A run with ``--ema`` resumed from a
+    checkpoint without an average starts its average at the loaded weights. Data settings that differ from the
     saved ones (``sampler``: images, global batch, seed) are allowed, with a
     warning: the data order then differs from the interrupted run.
     """
@@ -261,6 +274,12 @@ def restore_training_state(
     if ckpt.get("scaler") is not None and optimization.scaler.is_enabled():
         optimization.scaler.load_state_dict(ckpt["scaler"])
     iteration = int(ckpt["iteration"])
+    if ema is not None:
+        if isinstance(ckpt.get("ema"), dict):
+            ema.load(ckpt["ema"], int(ckpt.get("ema_updates", iteration)))
+        else:
+            ema.load(model.state_dict(), 0)
+            log.warning("%s has no weight average: the --ema average starts at its weights", path)
     ranks = ckpt.get("rng_ranks")
     if ranks and len(ranks) == info.world_size:
         restore_rng_state(ranks[info.rank])
@@ -277,7 +296,11 @@ def restore_training_state(
     return iteration
 
 
-def final_weights(model: nn.Module, iteration: int, args: Dict[str, Any]) -> Dict[str, Any]:
-    """``final.pt`` of a finished run: the weights and what rebuilds and describes them, no optimiser state."""
-    return {"model": model.state_dict(), "config": dict(model.config), "iteration": iteration, "args": args,
+def final_weights(
+    model: nn.Module, iteration: int, args: Dict[str, Any], ema: Optional[WeightEMA] = None
+) -> Dict[str, Any]:
+    """``final.pt`` of a finished run: the weights (``ema``'s average when given) and what rebuilds and
+    describes them, no optimiser state."""
+    weights = ema.state_dict() if ema is not None else model.state_dict()
+    return {"model": weights, "config": dict(model.config), "iteration": iteration, "args": args,
             "format": CHECKPOINT_FORMAT}

@@ -131,6 +131,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="linear warm-up iterations (default min(500, iters // 10))")
     o.add_argument("--warmup-factor", type=float, default=d.warmup_factor, help="lr factor at the first iteration")
     o.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
+    o.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="keep a moving average of the weights with this decay (e.g. 0.999; 0: off; it starts "
+                        "at the run's first weights and, unless --weights are given, warms up); "
+                        "validation, final.pt and the checkpoints' 'ema' entry use it")
     r = p.add_argument_group("runtime")
     add_device(r, "training")
     add_dtype(r, "autocast precision of the forward pass (weights and optimiser stay float32; float16 adds a "
@@ -182,7 +186,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ignore_iou=args.ignore_iou, min_negatives=args.min_negatives, crop_scale=tuple(args.crop_scale),
         val_every=args.val_every, val_images=args.val_images, ckpt_every=args.ckpt_every,
         keep_every=args.keep_every, log_every=args.log_every, seed=args.seed, deterministic=args.deterministic,
-        clip_grad=args.clip_grad, resume=args.resume, stop_at=args.stop_at, progress=args.progress,
+        clip_grad=args.clip_grad, ema=args.ema, resume=args.resume, stop_at=args.stop_at, progress=args.progress,
     )
 
 

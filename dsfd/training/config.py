@@ -128,6 +128,11 @@ class TrainConfig:
         seed: model initialisation, data order and augmentation.
         deterministic: deterministic algorithms, no cuDNN benchmark.
         clip_grad: max gradient norm (0: off).
+        ema: decay of an exponential moving average of the weights kept
+            during training (:mod:`dsfd.training.ema`; e.g. 0.999; 0: off;
+            its decay warms up unless ``init_weights`` are given).
+            Validation, ``final.pt`` and the ``"ema"`` entry of checkpoints
+            use the average.
         resume: checkpoint path, ``"auto"`` (``<out>/last.pt`` if present) or ``None``.
         stop_at: stop (saving a checkpoint, as if interrupted) once this
             iteration is reached; for time-limited jobs and tests.
@@ -184,6 +189,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     clip_grad: float = 0.0
+    ema: float = 0.0
     resume: Optional[str] = None
     stop_at: Optional[int] = None
     progress: bool = True
@@ -205,6 +211,8 @@ class TrainConfig:
             raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if not 0.0 <= self.ignore_iou <= 1.0:
             raise ValueError(f"ignore_iou must be in [0, 1] (0: off), got {self.ignore_iou}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if self.min_negatives < 0:
             raise ValueError(f"min_negatives must be >= 0, got {self.min_negatives}")
         self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]

@@ -20,6 +20,7 @@ DataLoader workers ignore both signals (their parent decides when they stop).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from .config import TrainConfig
 from .data_setup import IndexSubset, build_train_dataset, build_val_dataset, data_counts, fork_safe_iter, make_loader
 from .data_setup import training_worker_init_fn
 from .distributed import DistInfo, ShardedBatchSampler, any_rank, pal_loss
+from .ema import WeightEMA
 from .model_setup import build_training_model, calibrate_fem_norms, place_training_model, set_train_mode, wrap_ddp
 from .optimization import Optimization, build_criterion
 from .run_log import RunLog, TrainWindow, log_start
@@ -104,10 +106,14 @@ class Trainer:
             n = calibrate_fem_norms(model, self.to_device(first)[0])
             log.info("re-opened %d FEM BatchNorms of %s, calibrated on %d crops", n, cfg.init_weights, len(first[0]))
 
+        # the weight average starts at the weights the run starts from (after the FEM norms are set);
+        # its decay warms up unless they are a whole trained network (a fine-tune)
+        self.ema: Optional[WeightEMA] = (
+            WeightEMA(model, cfg.ema, warmup=cfg.init_weights is None) if cfg.ema > 0 else None)
         # resume after everything that consumes RNG at construction; DDP after it (it broadcasts rank 0's weights)
         ckpt_path = resolve_resume(cfg.resume, self.out)
         if ckpt_path is not None:
-            self.iteration = restore_training_state(ckpt_path, model, opt, self.sampler_probe, self.info)
+            self.iteration = restore_training_state(ckpt_path, model, opt, self.sampler_probe, self.info, self.ema)
             self.resumed_from = ckpt_path
         self.ddp_model: nn.Module = wrap_ddp(model, cfg, rt)
         set_train_mode(model, self.frozen_bn)
@@ -123,7 +129,7 @@ class Trainer:
     def state_dict(self, rng_ranks: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
         """The full training state (see :mod:`dsfd.training.checkpoint`)."""
         return training_state(self.model, self.optimization, self.iteration, self.sampler_probe,
-                              self.data_counts(), self.cfg.to_dict(), rng_ranks)
+                              self.data_counts(), self.cfg.to_dict(), rng_ranks, self.ema)
 
     def save_checkpoint(self, name: str = "last.pt") -> Optional[Path]:
         """Collective: every rank calls it; rank 0 writes ``<out>/<name>`` atomically."""
@@ -160,14 +166,22 @@ class Trainer:
         """One optimizer step; returns the detached loss parts (this rank's contributions)."""
         loss, parts = self.forward_loss(batch)
         self.optimization.step(loss)
+        if self.ema is not None:
+            self.ema.update(self.model)
         return parts
 
     def validate(self) -> Optional[Dict[str, float]]:
-        """Eval-mode PAL loss over the val subset (:mod:`.validation`; all ranks); ``None`` without val data."""
+        """Eval-mode PAL loss over the val subset (:mod:`.validation`; all ranks); ``None`` without val data.
+
+        With ``--ema`` it is the loss of the weight average (the network the run's files hold).
+        """
         if self.val_dataset is None:
             return None
-        return validation_loss(self.model, self.frozen_bn, self.criterion, self.val_dataset, self.runtime,
-                               self.make_loader, self.cfg.val_images)
+        with contextlib.ExitStack() as stack:
+            if self.ema is not None:
+                stack.enter_context(self.ema.applied_to(self.model))
+            return validation_loss(self.model, self.frozen_bn, self.criterion, self.val_dataset, self.runtime,
+                                   self.make_loader, self.cfg.val_images)
 
     def _next_batch(self, loader_iter: Iterator[Any], window: TrainWindow) -> Tuple[Optional[str], Any]:
         """``(None, batch)``, or ``(why, None)`` when the run stops at this boundary (collective: the ranks agree)."""
@@ -231,7 +245,8 @@ class Trainer:
                     last_val = self._validate_and_log()
                 path = self.save_checkpoint("last.pt")
                 if reason == "done" and info.is_main:
-                    save_atomic(final_weights(self.model, self.iteration, cfg.to_dict()), self.out / "final.pt")
+                    final = final_weights(self.model, self.iteration, cfg.to_dict(), self.ema)
+                    save_atomic(final, self.out / "final.pt")
                 self.run_log.write({"type": "stop", "iter": self.iteration, "reason": reason,
                                     "checkpoint": str(path) if path else None})
         finally:
