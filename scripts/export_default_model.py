@@ -279,6 +279,8 @@ def main() -> int:
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "exported_on": {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()},
     }
+    if "ema" in ckpt:  # load_weights read the run's weight average (dsfd train --ema), not its live weights
+        record["weight_average"] = {"decay": (ckpt.get("args") or {}).get("ema"), "updates": ckpt.get("ema_updates")}
     if args.log:
         record["training"] = _training_record(args.log)
     earlier = []
