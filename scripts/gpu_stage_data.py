@@ -15,7 +15,12 @@ it is. A root may be split over two parts; images are never re-encoded
     python scripts/gpu_stage_data.py                          # the default model's three roots
     python scripts/gpu_stage_data.py ROOT ... --part-mib 50 --out .gpu_train
 
-Prints the parts with their sizes and writes ``.gpu_train/parts.json``.
+With ``--val ROOT`` (default: the shared WIDER root when it has the val
+subset) the last part also carries ``eval_widerface``: the val images, the
+val split file and the official evaluation ``.mat`` files (about 18 MB), so
+the run can be scored where it trained; folders named ``eval_*`` are not
+training data. Prints the parts with their sizes and writes
+``.gpu_train/parts.json``.
 ``scripts/gpu_train_default.sh`` is the command that runs on the machine.
 """
 
@@ -89,6 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", nargs="*", type=Path, default=DEFAULT_ROOTS, help="training data roots (WIDER or YOLO)")
     p.add_argument("--out", type=Path, default=ROOT / ".gpu_train")
+    p.add_argument("--val", type=Path, default=SHARED / "widerface",
+                   help="WIDER root whose val subset travels in the last part (eval_widerface; 'none': no val)")
     p.add_argument("--part-mib", type=float, default=52.0,
                    help="largest part (the tool's 64 MiB per call holds the working tree too: about 8 MiB)")
     args = p.parse_args(argv)
@@ -128,6 +135,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             entry["images"] = int(entry["images"]) + 1
             entry["bytes"] = int(entry["bytes"]) + item.size
             sizes[-1] += item.size
+    val = None if str(args.val) == "none" else args.val
+    if val is not None and (val / "WIDER_val").is_dir() and (val / "ground_truth").is_dir():
+        val_items = [f for d in ("WIDER_val", "ground_truth") for f in (val / d).rglob("*") if f.is_file()]
+        val_items.append(val / "wider_face_split" / "wider_face_val_bbx_gt.txt")
+        val_size = sum(f.stat().st_size for f in val_items if f.is_file())
+        if sizes[-1] + val_size > limit:
+            parts.append({})
+            sizes.append(0)
+        k = len(parts) - 1
+        for f in val_items:
+            if f.is_file():
+                place(f, args.out / f"p{k + 1}" / "eval_widerface" / f.relative_to(val))
+        parts[k]["eval_widerface"] = {"kind": "wider val (evaluation only)",
+                                      "images": len(list((val / "WIDER_val").rglob("*.jpg"))), "bytes": val_size}
+        sizes[-1] += val_size
     for (k, name), lines in split_lines.items():
         target = args.out / f"p{k + 1}" / name / WIDER_SPLIT
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@
 #        run ends inside TRAIN_SECONDS, then trains from the shipped default (the recipe of the CPU runs:
 #        crowds, ignore regions, zoom-out crops to 1.6, the FEM norms re-opened; batch BATCH, lr LR, bf16,
 #        a weight average) writing last.pt about every minute into $OUT/run, so that whatever the
-#        call's end, the last minute's weights come back. Evaluate them here:
+#        call's end, the last minute's weights come back; then scores last.pt on the val subset that
+#        travelled in the last part (eval.log). Evaluate them here too:
 #          dsfd eval --weights /work/.device/.../run/last.pt --out runs/gpu_eval   (reads the average)
 #
 # Locally (CPU, a tiny budget, to test the script): DEVICE=cpu TRAIN_SECONDS=40 BATCH=4 WORKERS=1 \
@@ -69,7 +70,13 @@ $PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torc
 echo "waited $(( $(date +%s) - T0 )) s for the build"
 
 DATA=()
-for p in $(parts); do for r in "$p"/*/; do DATA+=(--data "${r%/}"); done; done
+EVAL_ROOT=""
+for p in $(parts); do
+  for r in "$p"/*/; do
+    r=${r%/}
+    case "$(basename "$r")" in eval_*) EVAL_ROOT=$r ;; *) DATA+=(--data "$r") ;; esac
+  done
+done
 [ ${#DATA[@]} -gt 0 ] || { echo "no staged data under $STAGE"; exit 2; }
 echo "data: ${DATA[*]}"
 COMMON=(-m dsfd train "${DATA[@]}" --weights "$INIT" --fem-norm --crop-scale 0.3 1.6 --batch-size "$BATCH"
@@ -92,6 +99,13 @@ $PY "${COMMON[@]}" --iters "$ITERS" --warmup-iters "$WARMUP" --ckpt-every "$CKPT
   --log-every $(( CKPT / 4 > 0 ? CKPT / 4 : 1 )) --out "$OUT/run" > "$OUT/train.log" 2>&1
 rc=$?
 tail -5 "$OUT/train.log"
-echo "train rc=$rc; total $(( $(date +%s) - T0 )) s; files:"
+echo "train rc=$rc; $(( $(date +%s) - T0 )) s; files:"
 ls -la "$OUT/run"
+# score the run where it trained (the val subset travels in the last part): the weight average of last.pt
+if [ -n "$EVAL_ROOT" ] && [ -f "$OUT/run/last.pt" ]; then
+  timeout ${EVAL_SECONDS:-90} $PY -m dsfd eval --weights "$OUT/run/last.pt" --data "$EVAL_ROOT" --device "$DEVICE" \
+    --out "$STAGE/eval" --no-progress --no-plots > "$OUT/eval.log" 2>&1
+  grep -E "^(easy|medium|hard)" "$OUT/eval.log"
+fi
+echo "total $(( $(date +%s) - T0 )) s"
 exit $rc

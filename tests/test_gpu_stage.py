@@ -53,7 +53,7 @@ def test_parts_hold_every_image_and_box_in_readable_roots(tmp_path):
     wider, yolo = make_roots(tmp_path)
     out = tmp_path / "stage"
     stager = load_stager()
-    assert stager.main([str(wider), str(yolo), "--out", str(out), "--part-mib", "0.06"]) == 0
+    assert stager.main([str(wider), str(yolo), "--out", str(out), "--part-mib", "0.06", "--val", "none"]) == 0
     summary = json.loads((out / "parts.json").read_text())
     parts = sorted(out.glob("p[0-9]*"))
     assert len(parts) == len(summary["parts"]) >= 3  # noise JPEGs of ~20 KB, parts of 60 KB
@@ -81,10 +81,29 @@ def test_rerun_replaces_old_parts_and_refuses_unknown_layouts(tmp_path):
     wider, yolo = make_roots(tmp_path)
     out = tmp_path / "stage"
     stager = load_stager()
-    assert stager.main([str(wider), str(yolo), "--out", str(out), "--part-mib", "0.06"]) == 0
-    assert stager.main([str(yolo), "--out", str(out), "--part-mib", "1"]) == 0
+    assert stager.main([str(wider), str(yolo), "--out", str(out), "--part-mib", "0.06", "--val", "none"]) == 0
+    assert stager.main([str(yolo), "--out", str(out), "--part-mib", "1", "--val", "none"]) == 0
     assert [p.name for p in sorted(out.glob("p[0-9]*"))] == ["p1"]
     (tmp_path / "plain").mkdir()
     with pytest.raises(SystemExit, match="neither a WIDER root"):
         stager.main([str(tmp_path / "plain"), "--out", str(out)])
     assert stager.main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_the_val_subset_rides_in_the_last_part(tmp_path):
+    wider, yolo = make_roots(tmp_path)
+    val = tmp_path / "val_src"
+    noise_jpeg(val / "WIDER_val" / "images" / "0--Parade" / "0_Parade_v.jpg", 7)
+    (val / "ground_truth").mkdir()
+    (val / "ground_truth" / "wider_easy_val.mat").write_bytes(b"mat")
+    (val / "wider_face_split").mkdir()
+    (val / "wider_face_split" / "wider_face_val_bbx_gt.txt").write_text("0--Parade/0_Parade_v.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n")
+    out = tmp_path / "stage"
+    assert load_stager().main([str(yolo), "--out", str(out), "--part-mib", "1", "--val", str(val)]) == 0
+    parts = sorted(out.glob("p[0-9]*"))
+    last = parts[-1] / "eval_widerface"
+    for rel in ("WIDER_val/images/0--Parade/0_Parade_v.jpg", "ground_truth/wider_easy_val.mat",
+                "wider_face_split/wider_face_val_bbx_gt.txt"):
+        assert (last / rel).is_file(), rel
+    summary = json.loads((out / "parts.json").read_text())
+    assert summary["parts"][-1]["roots"]["eval_widerface"]["images"] == 1
