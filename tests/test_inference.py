@@ -389,6 +389,19 @@ def test_draw_detections():
     assert not draw_detections(img, dets, min_score=0.95).any()
 
 
+def test_draw_detections_labels_only_boxes_wide_enough_in_auto():
+    img = np.zeros((120, 200, 3), np.uint8)
+    narrow = np.array([[40, 60, 50, 72, 0.9]], np.float32)  # 10 px wide: narrower than "0.90"
+    wide = np.array([[40, 60, 120, 110, 0.9]], np.float32)
+    above = (slice(40, 59), slice(0, 200))  # the rows where a label above the box would go
+    assert not draw_detections(img, narrow)[above].any()  # auto: the box only
+    assert draw_detections(img, narrow, show_scores=True)[above].any()
+    assert draw_detections(img, wide)[above].any()
+    assert not draw_detections(img, wide, show_scores=False)[above].any()
+    with pytest.raises(ValueError, match="show_scores"):
+        draw_detections(img, wide, show_scores="yes")
+
+
 # --------------------------------------------------------------------------- accuracy mode
 
 
